@@ -1,0 +1,1 @@
+"""CmFNet Label: the library behind the MONAI Label app in apps/cmfnet."""
