@@ -11,7 +11,7 @@ CONF ?=
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -r requirements-dev.txt
-	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip install --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
 	touch $@
 
 setup: $(VENV)/.installed

@@ -1,0 +1,80 @@
+"""CmFNet Label: the MONAI Label app.
+
+`lib` (at the repository root) is importable because the project is installed in
+editable mode (`make setup`); see pyproject.toml.
+"""
+
+import importlib
+import inspect
+import logging
+import os
+import pkgutil
+
+from monailabel.config import settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.config import TaskConfig
+
+import lib.configs
+from lib.datastore import CmfnetDatastore
+from lib.labels import LabelSet
+
+logger = logging.getLogger(__name__)
+
+
+def available_configs() -> dict[str, type[TaskConfig]]:
+    """Model name -> TaskConfig class, one per module of lib/configs (the module's file name)."""
+    configs = {}
+    for module_info in pkgutil.iter_modules(lib.configs.__path__):
+        module = importlib.import_module(f"lib.configs.{module_info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, TaskConfig) and cls is not TaskConfig and cls.__module__ == module.__name__:
+                configs[module_info.name] = cls
+    return configs
+
+
+class CmFNetLabelApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        configs = available_configs()
+        names = [m.strip() for m in conf.get("models", "cmfnet").split(",") if m.strip()]
+        unknown = sorted(set(names) - set(configs))
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown} in --conf models; available: {sorted(configs)}")
+
+        self.model_dir = os.path.join(app_dir, "model")
+        self.models: dict[str, TaskConfig] = {}
+        for name in names:
+            config = configs[name]()
+            config.init(name, self.model_dir, conf, None)
+            self.models[name] = config
+        # every model of this app shares one label set (the datastore checks labels against it)
+        self.label_set = LabelSet(next(iter(self.models.values())).labels)
+
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="CmFNet Label",
+            description="Cross-modal (CT + MR) segmentation trained from scribbles",
+            version="0.1.0",
+            labels=self.label_set.classes,
+        )
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return CmfnetDatastore(
+            self.studies,
+            labels=self.label_set,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self):
+        infers = {}
+        for config in self.models.values():
+            infers.update(config.infer())
+        return infers
+
+    def init_trainers(self):
+        return {name: config.trainer() for name, config in self.models.items()}

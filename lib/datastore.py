@@ -1,0 +1,98 @@
+"""MONAI Label's local datastore with the checks and scribble handling this app needs.
+
+- Unknown image ids are a 404, not an empty path that fails later.
+- Uploaded images and labels are read and checked before anything is stored, so a corrupt
+  or mismatched upload never replaces good data: a label must have the image's shape and
+  affine, and values in 0..K (`final`) or 0..K+1 (`scribbles`).
+- Scribbles are merged into what is stored (new strokes win where they overlap), never
+  silently replaced; `{"replace": true}` in the save params replaces them on purpose.
+- A label sent as `final` that holds background strokes (K+1, as OHIF can send) is stored
+  as scribbles: a mask with strokes in it is not dense supervision.
+"""
+
+import logging
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from monailabel.datastore.local import LocalDatastore
+
+from lib.errors import InvalidInput, NotFound
+from lib.labels import LabelSet
+from lib.transforms.modalities import load_volume
+
+logger = logging.getLogger(__name__)
+
+SCRIBBLES_TAG = "scribbles"
+# Affines may differ by float rounding between writers (ITK, nibabel, Slicer); in mm.
+AFFINE_TOLERANCE = 1e-2
+
+
+class CmfnetDatastore(LocalDatastore):
+    def __init__(self, datastore_path: str, labels: LabelSet, **kwargs):
+        self.label_set = labels
+        self._merge_lock = threading.Lock()
+        super().__init__(datastore_path, **kwargs)
+
+    def get_image_uri(self, image_id: str) -> str:
+        uri = super().get_image_uri(image_id)
+        if not uri:
+            raise NotFound(f"no image '{image_id}' in the datastore")
+        return uri
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        load_volume(image_filename, f"uploaded image '{image_id}'")
+        return super().add_image(image_id, image_filename, image_info)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        label_info = dict(label_info or {})
+        replace = bool(label_info.pop("replace", False))
+        reference = load_volume(self.get_image_uri(image_id), f"image '{image_id}'")
+        label = load_volume(label_filename, f"label for '{image_id}'")
+        self._check_geometry(image_id, label, reference)
+        values = np.rint(label[0].numpy()).astype(np.int64)
+        if label_tag != SCRIBBLES_TAG and (values == self.label_set.background_scribble).any():
+            logger.info(f"label for {image_id} holds background strokes: storing it as scribbles")
+            label_tag = SCRIBBLES_TAG
+        self.label_set.check_values(
+            values,
+            f"label '{label_tag}' for '{image_id}'",
+            allow_background_strokes=label_tag == SCRIBBLES_TAG,
+        )
+        with self._merge_lock:
+            if label_tag == SCRIBBLES_TAG and not replace:
+                values = self._merged_with_stored(image_id, values)
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / f"{image_id}.nii.gz"
+                nib.save(nib.Nifti1Image(values.astype(np.uint8), reference.affine.numpy()), path)
+                return super().save_label(image_id, str(path), label_tag, label_info)
+
+    def scribbles(self, image_id: str) -> np.ndarray | None:
+        """The stored scribbles of a case, or None."""
+        uri = self.get_label_uri(image_id, SCRIBBLES_TAG)
+        if not uri or not Path(uri).exists():
+            return None
+        return np.rint(np.asarray(nib.load(uri).dataobj)).astype(np.int64)
+
+    def _merged_with_stored(self, image_id: str, strokes: np.ndarray) -> np.ndarray:
+        stored = self.scribbles(image_id)
+        if stored is None or stored.shape != strokes.shape:
+            return strokes
+        return np.where(strokes > 0, strokes, stored)
+
+    @staticmethod
+    def _check_geometry(image_id: str, label, reference) -> None:
+        if label.shape != reference.shape:
+            raise InvalidInput(
+                f"label for '{image_id}' has shape {tuple(label.shape[1:])}, "
+                f"the image has {tuple(reference.shape[1:])}: labels must be on the image's grid"
+            )
+        difference = float((label.affine - reference.affine).abs().max())
+        if difference > AFFINE_TOLERANCE:
+            raise InvalidInput(
+                f"label for '{image_id}' has another affine (voxel -> world) than its image "
+                f"(differs by up to {difference:.3g} mm): labels must be on the image's grid"
+            )

@@ -1,0 +1,111 @@
+"""Shared fixtures: a small generated datastore and a real MONAI Label server on 127.0.0.1."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lib.data.demo import write_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "apps" / "cmfnet"
+# Short training runs for tests: a few iterations on small patches.
+FAST_TRAIN = {"max_epochs": 2, "num_samples": 2}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(tmp: Path, studies: Path, conf: dict[str, str] | None = None, startup_timeout: float = 180):
+    """Start `monailabel start_server` on a copy of the app (so models and logs stay in `tmp`)."""
+    app = tmp / "app"
+    app.mkdir(parents=True, exist_ok=True)
+    shutil.copy(APP / "main.py", app / "main.py")
+    port = free_port()
+    conf = {"models": "cmfnet", **(conf or {})}
+    command = [
+        sys.executable,
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+    ]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    for key, value in conf.items():
+        command += ["--conf", key, value]
+    log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{(tmp / 'server.log').read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/info/", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{(tmp / 'server.log').read_text()}")
+            time.sleep(1)
+        yield Server(url=url, app_dir=app, studies=studies, log=tmp / "server.log")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the server and its training subprocesses
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+class Server:
+    def __init__(self, url: str, app_dir: Path, studies: Path, log: Path):
+        self.url = url
+        self.app_dir = app_dir
+        self.studies = studies
+        self.log = log
+        self.http = httpx.Client(base_url=url, timeout=300)
+
+    @property
+    def model_file(self) -> Path:
+        return self.app_dir / "model" / "cmfnet.pt"
+
+    def train(self, params: dict | None = None, timeout: float = 600) -> dict:
+        """Start a training run and wait for it to finish; returns the finished task."""
+        response = self.http.post("/train/cmfnet", json={**FAST_TRAIN, **(params or {})})
+        assert response.status_code == 200, response.text
+        return self.wait_for_training(response.json()["id"], timeout)
+
+    def wait_for_training(self, task_id: str, timeout: float = 600) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            tasks = self.http.get("/train/", params={"all": True}).json()
+            task = next(t for t in tasks if t["id"] == task_id)
+            if task["status"] not in ("SUBMITTED", "RUNNING"):
+                assert task["status"] == "DONE", json.dumps(task, indent=1)
+                return task
+            time.sleep(1)
+        raise TimeoutError(f"training {task_id} did not finish in {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Path:
+    """A demo datastore: 3 cases, scribbles on the first 2 (ground truth in `truth/`)."""
+    root = tmp_path_factory.mktemp("demo")
+    write_demo(root, cases=3, scribbled=2, final=0, seed=0)
+    return root

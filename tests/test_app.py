@@ -1,0 +1,146 @@
+"""The app end to end over HTTP: info, infer, train from scribbles, publish, MONAILabelClient."""
+
+import gzip
+import hashlib
+import shutil
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monailabel.client import MONAILabelClient
+
+from lib.data.phantoms import DEMO_LABELS
+from lib.data.scribbles import simulate_scribbles
+from tests.conftest import FAST_TRAIN, running_server
+
+
+@pytest.fixture(scope="module")
+def server(demo, tmp_path_factory):
+    studies = tmp_path_factory.mktemp("app") / "studies"
+    shutil.copytree(demo / "studies", studies)
+    with running_server(studies.parent, studies) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def trained(server):
+    """The server after one short training run on the demo scribbles."""
+    task = server.train()
+    return server, task
+
+
+def checksum(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def infer_label(http, image_id: str) -> nib.Nifti1Image:
+    response = http.post(f"/infer/cmfnet?image={image_id}&output=image")
+    assert response.status_code == 200, response.text
+    content = response.content
+    return nib.Nifti1Image.from_bytes(gzip.decompress(content) if content[:2] == b"\x1f\x8b" else content)
+
+
+def test_info_lists_model_labels_and_trainer(server):
+    info = server.http.get("/info/").json()
+    assert info["models"]["cmfnet"]["labels"] == DEMO_LABELS
+    assert info["models"]["cmfnet"]["type"] == "segmentation"
+    assert "cmfnet" in info["trainers"]
+    assert info["labels"] == DEMO_LABELS
+
+
+def test_infer_before_any_training_is_a_clear_409(server):
+    if server.model_file.exists():
+        pytest.fail("this test must run before the first training")
+    response = server.http.post("/infer/cmfnet?image=case_000&output=json")
+    assert response.status_code == 409
+    assert "no trained cmfnet model" in response.json()["detail"]
+
+
+def test_training_publishes_a_model_and_reports_progress(trained):
+    server, task = trained
+    assert task["status"] == "DONE"
+    assert server.model_file.exists()
+    stats = server.http.get("/info/").json()["train_stats"]["cmfnet"]
+    assert stats["epoch"] == FAST_TRAIN["max_epochs"]
+    assert 0.0 <= stats["best_metric"] <= 1.0
+    assert stats["eval"]["key_metric_name"] == "val_stroke_accuracy"
+
+
+def test_infer_returns_label_on_the_ct_grid(trained):
+    server, _ = trained
+    ct = nib.load(server.studies / "case_002.nii.gz")
+    label = infer_label(server.http, "case_002")
+    assert label.shape == ct.shape
+    np.testing.assert_allclose(label.affine, ct.affine, atol=1e-3)
+    assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, *DEMO_LABELS.values()}
+
+    result = server.http.post("/infer/cmfnet?image=case_002&output=json").json()
+    assert result["modalities_used"] == ["ct", "mr"]
+    assert result["modalities_missing"] == []
+
+
+def test_new_scribbles_and_training_change_checkpoint_and_prediction(trained, demo, tmp_path):
+    server, _ = trained
+    model_before = checksum(server.model_file)
+    prediction_before = np.asarray(infer_label(server.http, "case_002").dataobj)
+
+    truth = nib.load(demo / "truth" / "case_002.nii.gz")
+    scribbles = simulate_scribbles(np.asarray(truth.dataobj), len(DEMO_LABELS), seed=7)
+    upload = tmp_path / "case_002.nii.gz"
+    nib.save(nib.Nifti1Image(scribbles, truth.affine), upload)
+    with upload.open("rb") as f:
+        response = server.http.put(
+            "/datastore/label", params={"image": "case_002", "tag": "scribbles"}, files={"label": f}
+        )
+    assert response.status_code == 200, response.text
+    stored = nib.load(server.studies / "labels" / "scribbles" / "case_002.nii.gz")
+    np.testing.assert_array_equal(np.asarray(stored.dataobj), scribbles)
+
+    server.train()
+    assert checksum(server.model_file) != model_before
+    prediction_after = np.asarray(infer_label(server.http, "case_002").dataobj)
+    assert (prediction_after != prediction_before).any()
+
+
+def test_monailabel_client_flow(trained, tmp_path):
+    """The calls 3D Slicer's MONAI Label module makes, through monailabel's own client."""
+    server, _ = trained
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+    assert "cmfnet" in client.info()["models"]
+
+    sample = client.next_sample("random", {})
+    assert sample["id"] in {"case_000", "case_001", "case_002"}
+
+    label_file, params = client.infer("cmfnet", sample["id"], {})
+    ct = nib.load(server.studies / f"{sample['id']}.nii.gz")
+    label = nib.load(label_file)
+    assert label.shape == ct.shape
+    np.testing.assert_allclose(label.affine, ct.affine, atol=1e-3)
+    assert params["modalities_used"] == ["ct", "mr"]
+
+    saved = client.save_label(sample["id"], label_file, tag="final")
+    assert saved["label"] == sample["id"]
+    assert (server.studies / "labels" / "final" / f"{sample['id']}.nii.gz").exists()
+
+    model_before = checksum(server.model_file)
+    task = client.train_start("cmfnet", FAST_TRAIN)
+    finished = server.wait_for_training(task["id"])
+    assert finished["status"] == "DONE"
+    assert checksum(server.model_file) != model_before
+    assert client.train_status()["id"] == task["id"]
+
+
+def test_infer_keeps_answering_while_training_runs(trained):
+    server, _ = trained
+    task = server.http.post("/train/cmfnet", json={**FAST_TRAIN, "max_epochs": 4}).json()
+    try:
+        deadline = time.monotonic() + 60
+        while server.http.get("/train/", params={"check_if_running": True}).status_code != 200:
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.5)
+        response = server.http.post("/infer/cmfnet?image=case_001&output=json")
+        assert response.status_code == 200, response.text
+        assert server.http.get("/train/", params={"check_if_running": True}).status_code == 200
+    finally:
+        server.wait_for_training(task["id"])
