@@ -10,9 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def prediction_consistency(
-    fused_logits: Tensor, per_modality_logits: Sequence[Tensor], present: Tensor
-) -> Tensor:
+def prediction_consistency(fused_logits: Tensor, per_modality_logits: Sequence[Tensor], present: Tensor) -> Tensor:
     """Mean KL divergence from the (detached) fused prediction to each present modality's prediction.
 
         L = 1/|P| * sum_{(b,m) in P} mean_i KL(q_bi || p_bmi),   KL(q || p) = sum_c q_c (log q_c - log p_c)

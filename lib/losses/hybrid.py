@@ -10,13 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lib.labels import IGNORE
 from lib.losses.consistency import feature_alignment, prediction_consistency
 from lib.losses.local_affinity import local_affinity_loss
 from lib.losses.partial_ce import dense_loss, partial_cross_entropy
 from lib.losses.rampup import sigmoid_rampup
 from lib.networks.cmfnet import CmFNetOutput
-
-IGNORE = -1
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class HybridLoss:
 
     - pCE: :func:`partial_cross_entropy` over annotated voxels of the samples without a dense label,
       for per-modality outputs only on samples where that modality is present.
-    - DiceCE: :func:`dense_loss` on the samples with a dense label (their target must have no -1),
+    - DiceCE: :func:`dense_loss` on the samples with a dense label (over their labelled voxels),
       per-modality likewise only where present. A dense sample is not in pCE: one supervised term each.
     - A_m: :func:`local_affinity_loss` of modality m's own prediction on its own image channel,
       over the samples where m is present (and the ``valid`` voxels).
@@ -109,7 +108,7 @@ class HybridLoss:
 
         ``images``: (B, M, D, H, W); ``target``: (B, 1, D, H, W) long, -1 = not annotated;
         ``dense``: (B,) bool, samples whose target is a dense label; ``spacing``: mm per spatial axis;
-        ``valid``: optional (B, 1, D, H, W) bool mask for the affinity term.
+        ``valid``: optional (B, M, D, H, W) mask of where each modality has data, for the affinity term.
         """
         w = self.weights
         present = output.present
@@ -128,8 +127,6 @@ class HybridLoss:
             total = total + w.pce * pce
 
         if w.dense > 0 and dense.any():
-            if (target[dense] < 0).any():
-                raise ValueError("a sample flagged dense has unannotated (-1) voxels in its target")
             dense_term = dense_loss(output.fused[dense], target[dense])
             for m, logits in enumerate(output.per_modality):
                 chosen = dense & present[:, m]
@@ -147,7 +144,7 @@ class HybridLoss:
                         torch.softmax(logits[chosen], dim=1),
                         images[chosen, m : m + 1],
                         spacing,
-                        valid=None if valid is None else valid[chosen],
+                        valid=None if valid is None else valid[chosen, m : m + 1].bool(),
                         **self.affinity_options,
                     )
             terms["affinity"] = affinity

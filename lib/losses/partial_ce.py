@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceLoss
+from monai.networks import one_hot
 from torch import Tensor
 
-_DICE_CE = DiceCELoss(softmax=True, to_onehot_y=True)
+_DICE = DiceLoss()
 
 
 def partial_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -1) -> Tensor:
@@ -24,11 +25,18 @@ def partial_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -1
     return summed / (target != ignore_index).sum().clamp(min=1)
 
 
-def dense_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """MONAI ``DiceCELoss(softmax=True, to_onehot_y=True)``: CE + soft Dice for fully labelled samples.
+def dense_loss(logits: Tensor, target: Tensor, ignore_index: int = -1) -> Tensor:
+    """CE + soft Dice (MONAI DiceLoss) for densely labelled samples, over the labelled voxels.
 
-    ``target``: (B, 1, D, H, W) or (B, D, H, W) class indices, every voxel labelled.
+    ``target``: (B, 1, D, H, W) or (B, D, H, W) class indices; ``ignore_index`` marks voxels outside
+    the label (padding, held-out blocks). Probabilities and one-hot targets are zeroed there before
+    the Dice, so those voxels count in neither its numerator nor its denominator (MONAI's
+    MaskedDiceLoss masks before its softmax, which would leave them in).
     """
     if target.ndim == logits.ndim - 1:
         target = target[:, None]
-    return _DICE_CE(logits, target)
+    labelled = (target != ignore_index).to(logits.dtype)
+    ce = F.cross_entropy(logits, target[:, 0].long(), ignore_index=ignore_index)
+    probabilities = logits.softmax(dim=1) * labelled
+    onehot = one_hot(target.clamp(min=0), num_classes=logits.shape[1]) * labelled
+    return ce + _DICE(probabilities, onehot)

@@ -49,9 +49,7 @@ class _Encoder(nn.Module):
         super().__init__()
         in_channels = [1, *channels[:-1]]
         self.stages = nn.ModuleList(
-            UnetResBlock(
-                SPATIAL_DIMS, c_in, c_out, kernel_size=3, stride=1 if s == 0 else 2, norm_name=norm_name
-            )
+            UnetResBlock(SPATIAL_DIMS, c_in, c_out, kernel_size=3, stride=1 if s == 0 else 2, norm_name=norm_name)
             for s, (c_in, c_out) in enumerate(zip(in_channels, channels, strict=True))
         )
 
@@ -113,9 +111,7 @@ class ModalityFusion(nn.Module):
             nn.Sequential(nn.Linear(2 * channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
             for _ in range(num_modalities)
         )
-        self.spatial_gates = nn.ModuleList(
-            nn.Conv3d(2 * channels, 1, kernel_size=1) for _ in range(num_modalities)
-        )
+        self.spatial_gates = nn.ModuleList(nn.Conv3d(2 * channels, 1, kernel_size=1) for _ in range(num_modalities))
         for gate in [*(g[-1] for g in self.channel_gates), *self.spatial_gates]:
             nn.init.zeros_(gate.weight)
             nn.init.zeros_(gate.bias)
@@ -126,9 +122,7 @@ class ModalityFusion(nn.Module):
         stacked = torch.where(mask, torch.stack(list(features), dim=1), 0.0)  # (B, M, C, D, H, W)
         context = stacked.sum(dim=1) / present.sum(dim=1).to(stacked.dtype)[:, None, None, None, None]
         logits = []
-        for m, (channel_gate, spatial_gate) in enumerate(
-            zip(self.channel_gates, self.spatial_gates, strict=True)
-        ):
+        for m, (channel_gate, spatial_gate) in enumerate(zip(self.channel_gates, self.spatial_gates, strict=True)):
             joint = torch.cat([stacked[:, m], context], dim=1)  # (B, 2C, D, H, W)
             channel = channel_gate(joint.mean(dim=(2, 3, 4)))[:, :, None, None, None]
             logits.append(channel + spatial_gate(joint))
@@ -169,9 +163,7 @@ class CmFNet(nn.Module):
         self.num_classes = num_classes
         self.channels = tuple(channels)
         self.encoders = nn.ModuleList(_Encoder(channels, norm_name) for _ in range(num_modalities))
-        self.decoders = nn.ModuleList(
-            _Decoder(channels, num_classes, norm_name) for _ in range(num_modalities)
-        )
+        self.decoders = nn.ModuleList(_Decoder(channels, num_classes, norm_name) for _ in range(num_modalities))
         self.fusions = nn.ModuleList(ModalityFusion(num_modalities, c, fusion_reduction) for c in channels)
         self.fused_decoder = _Decoder(channels, num_classes, norm_name)
 

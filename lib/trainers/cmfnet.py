@@ -84,6 +84,8 @@ class CmFNetTrainer(BasicTrainTask):
             "dataloader": "ThreadDataLoader",
             "multi_gpu": False,
             "val_split": 0.0,
+            # MLflow dropped its file store, MONAI Label's default; enable with a sqlite:// tracking_uri
+            "tracking": "None",
         }
         super().__init__(
             model_dir=model_dir,

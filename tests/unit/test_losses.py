@@ -289,9 +289,21 @@ def test_hybrid_loss_uses_dice_ce_for_densely_labelled_samples_only():
     assert terms["dense"] == pytest.approx(dice_ce.item(), rel=1e-6)
     assert total.item() == pytest.approx(pce.item() + 0.5 * dice_ce.item(), rel=1e-6)
 
+    # a voxel outside the dense label (padding, a held-out block) no longer counts
     target[1, 0, 0, 0, 0] = -1
-    with pytest.raises(ValueError, match="dense"):
-        supervised(output, images, target, dense, 0, (1.0, 1.0, 1.0))
+    _, masked = supervised(output, images, target, dense, 0, (1.0, 1.0, 1.0))
+    output.fused.data[1, :, 0, 0, 0] += 100.0
+    _, moved = supervised(output, images, target, dense, 0, (1.0, 1.0, 1.0))
+    assert moved["dense"] == pytest.approx(masked["dense"], rel=1e-6)
+
+
+def test_dense_loss_over_labelled_voxels_equals_the_loss_of_the_labelled_part_alone():
+    logits = torch.randn(1, 3, 4, 4, 4)
+    target = torch.randint(0, 3, (1, 1, 4, 4, 4))
+    target[..., 2:] = -1  # the second half along the last axis is outside the label
+    assert dense_loss(logits, target).item() == pytest.approx(
+        dense_loss(logits[..., :2], target[..., :2]).item(), rel=1e-6
+    )
 
 
 def test_loss_weights_from_dict():
