@@ -13,8 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from lib.data.demo import write_demo
+from lib.data.phantoms import DEMO_LABELS
+from lib.networks.cmfnet import build_cmfnet
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "cmfnet"
@@ -29,8 +32,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(tmp: Path, studies: Path, conf: dict[str, str] | None = None, startup_timeout: float = 180):
-    """Start `monailabel start_server` on a copy of the app (so models and logs stay in `tmp`)."""
+def running_server(
+    tmp: Path,
+    studies: Path | str,
+    conf: dict[str, str] | None = None,
+    startup_timeout: float = 180,
+    env: dict[str, str] | None = None,
+):
+    """Start `monailabel start_server` on a copy of the app (so models and logs stay in `tmp`).
+
+    `env` adds environment variables, e.g. MONAI_LABEL_* settings."""
     app = tmp / "app"
     app.mkdir(parents=True, exist_ok=True)
     shutil.copy(APP / "main.py", app / "main.py")
@@ -50,7 +61,9 @@ def running_server(tmp: Path, studies: Path, conf: dict[str, str] | None = None,
     for key, value in conf.items():
         command += ["--conf", key, value]
     log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_timeout
@@ -101,6 +114,13 @@ class Server:
                 return task
             time.sleep(1)
         raise TimeoutError(f"training {task_id} did not finish in {timeout} s")
+
+
+def publish_untrained_model(server) -> None:
+    """A real, untrained network as the published model: enough to test geometry and errors."""
+    network = build_cmfnet("small", num_modalities=2, num_classes=len(DEMO_LABELS) + 1)
+    server.model_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), server.model_file)
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,9 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from lib.data.phantoms import DEMO_LABELS
-from lib.networks.cmfnet import build_cmfnet
-from tests.conftest import running_server
+from tests.conftest import publish_untrained_model, running_server
 
 K = len(DEMO_LABELS)
 
@@ -22,13 +20,6 @@ def server(demo, tmp_path_factory):
     shutil.copytree(demo / "studies", studies)
     with running_server(studies.parent, studies) as server:
         yield server
-
-
-def publish_untrained_model(server) -> None:
-    """A real, untrained network as the published model: enough to test geometry and errors."""
-    network = build_cmfnet("small", num_modalities=2, num_classes=K + 1)
-    server.model_file.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), server.model_file)
 
 
 def checksum(path) -> str:

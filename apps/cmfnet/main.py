@@ -15,6 +15,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
 
 import lib.configs
+from lib.batch_infer import CmfnetBatchInfer
 from lib.datastore import CmfnetDatastore
 from lib.labels import LabelSet
 
@@ -69,6 +70,9 @@ class CmFNetLabelApp(MONAILabelApp):
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
+
+    def init_batch_infer(self):
+        return CmfnetBatchInfer()
 
     def init_infers(self):
         infers = {}
