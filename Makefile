@@ -6,7 +6,10 @@ STUDIES ?= $(DEMO)/studies
 PORT ?= 8000
 CONF ?=
 
-.PHONY: setup demo serve test lint
+# Orthanc (a DICOMweb PACS) and Chromium, for the DICOMweb and OHIF tests: Debian packages (needs root)
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
+
+.PHONY: setup system-deps demo serve test lint
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,6 +18,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+system-deps:
+	@if [ -x /usr/sbin/Orthanc ] && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && [ -x /usr/bin/chromium ]; \
+	then echo "system packages present: $(SYSTEM_PACKAGES)"; \
+	else apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES); fi
 
 demo: setup
 	$(PY) -m lib.data.demo --out $(DEMO)

@@ -17,6 +17,7 @@ from monailabel.interfaces.config import TaskConfig
 import lib.configs
 from lib.batch_infer import CmfnetBatchInfer
 from lib.datastore import CmfnetDatastore
+from lib.dicomweb.datastore import dicomweb_datastore
 from lib.labels import LabelSet
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,11 @@ class CmFNetLabelApp(MONAILabelApp):
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
+
+    def _init_dicomweb_datastore(self):
+        # MONAI Label's own would download dcmqi and find no companion series; see lib/dicomweb
+        companions = next(iter(self.models.values())).modalities[1:]
+        return dicomweb_datastore(self.studies, self.label_set, companions)
 
     def init_batch_infer(self):
         return CmfnetBatchInfer()

@@ -1,0 +1,173 @@
+"""MONAI Label's DICOMweb datastore, with each reference series' companion series (DESIGN §4).
+
+Images are the series that MONAI_LABEL_DICOMWEB_SEARCH_FILTER lists (default
+`{"Modality": "CT"}`); the image id is the SeriesInstanceUID. MONAI Label downloads a
+series into its cache (`<cache>/<series uid>/*.dcm`) and converts it to
+`<cache>/<series uid>.nii.gz`.
+
+**Companion rule (DICOMweb).** The companion of modality `mr` of a reference series is a
+series whose Modality is `MR` in the same study; if the study has none, in another study
+of the same PatientID. Among several, the lowest SeriesNumber wins (then the lowest
+SeriesInstanceUID), and the others are named in the log. The chosen series is downloaded
+to `<cache>/mr/<its series uid>/` and converted to `<cache>/mr/<reference series uid>.nii.gz`,
+which is the local companion rule applied to the cached reference file: the model loads
+and resamples it onto the CT grid exactly as it does a local companion. A reference with
+no companion series is served without it (the result says so). Delete the cache folder
+to fetch again after the PACS changed.
+
+Results: `save_label` with tag `final` stores a DICOM SEG in the PACS (MONAI Label's own
+path, written by dcmqi); segment names come from the app's labels when the client sends none.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from dicomweb_client import DICOMwebClient
+from dicomweb_client.ext.gcp.session_utils import create_session_from_gcp_credentials
+from dicomweb_client.session_utils import create_session_from_user_pass
+from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
+from monailabel.datastore.utils.convert import dicom_to_nifti
+from monailabel.datastore.utils.dicom import dicom_web_download_series
+from monailabel.interfaces.datastore import DefaultLabelTag
+from pydicom.dataset import Dataset
+
+from lib.dicomweb.dcmqi import use_packaged_dcmqi
+from lib.errors import InvalidInput, NotFound
+from lib.labels import LabelSet
+from lib.transforms.modalities import load_volume
+
+logger = logging.getLogger(__name__)
+
+SERIES_FIELDS = ["StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "PatientID"]
+
+
+class CmfnetDicomWebDatastore(DICOMWebDatastore):
+    def __init__(self, client: DICOMwebClient, labels: LabelSet, companions: list[str], **kwargs):
+        if not kwargs.get("convert_to_nifti", True):
+            raise ValueError(
+                "MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI=false is not supported: CmFNet reads the reference "
+                "series and its companions as NIfTI files in the cache"
+            )
+        self.label_set = labels
+        self.companions = list(companions)
+        super().__init__(client=client, **kwargs)
+
+    def get_image_uri(self, image_id: str) -> str:
+        """The cached NIfTI of the series, its companions materialized beside it."""
+        reference = Path(self._datastore.image_path()).resolve() / f"{image_id}.nii.gz"
+        if not reference.exists():
+            self._check_is_image(image_id)
+            converted = super().get_image_uri(image_id)
+            if Path(converted).resolve() != reference:  # MONAI Label returns its temporary file the first time
+                os.unlink(converted)
+        for modality in self.companions:
+            self._materialize_companion(image_id, reference, modality)
+        return str(reference)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any], **kwargs):
+        label_info = dict(label_info or {})
+        named = bool(label_info.get("label_info"))
+        # a raw `.bin` mask (OHIF) is converted by MONAI Label below; only image files can be read here
+        if label_tag == DefaultLabelTag.FINAL and not named and not label_filename.endswith(".bin"):
+            label_info["label_info"] = self.segment_info(label_filename)
+        return super().save_label(image_id, label_filename, label_tag, label_info, **kwargs)
+
+    def segment_info(self, label_filename: str) -> list[dict[str, str]]:
+        """Names for MONAI Label's DICOM SEG writer: one per label value present, in increasing order."""
+        values = np.unique(np.rint(load_volume(label_filename, "label").numpy()).astype(np.int64))
+        names = self.label_set.names_by_id()
+        return [{"name": names.get(int(v), f"label {v}")} for v in values if v != 0]
+
+    def _series(self, filters: dict[str, Any]) -> list[Dataset]:
+        found = self._client.search_for_series(search_filters=filters, fields=SERIES_FIELDS)
+        series = [Dataset.from_json(s) for s in found]
+        # some servers ignore some filters: check those they answered with
+        return [s for s in series if all(k not in s or str(s.get(k)) == str(v) for k, v in filters.items())]
+
+    def _check_is_image(self, image_id: str) -> None:
+        found = self._series({"SeriesInstanceUID": image_id})
+        if not found:
+            raise NotFound(f"no series '{image_id}' in the DICOMweb server {self._client.base_url}")
+        wanted = self._search_filter.get("Modality")
+        if wanted and str(found[0].get("Modality", "")) != wanted:
+            raise InvalidInput(
+                f"series '{image_id}' is {found[0].get('Modality', 'of unknown modality')}, not {wanted}: "
+                f"segment the {wanted} series (its companions are found from it)"
+            )
+
+    def _materialize_companion(self, image_id: str, reference: Path, modality: str) -> None:
+        target = reference.parent / modality / reference.name
+        if target.exists():
+            return
+        series = self._find_companion(image_id, modality.upper())
+        if series is None:
+            logger.info(f"series {image_id}: no {modality.upper()} series in its study or patient")
+            return
+        series_uid = str(series.SeriesInstanceUID)
+        folder = target.parent / series_uid
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not folder.is_dir() or not any(folder.iterdir()):
+            dicom_web_download_series(
+                str(series.StudyInstanceUID), series_uid, str(folder), self._client, self._fetch_by_frame
+            )
+        converted = dicom_to_nifti(str(folder))
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".nii.gz", delete=False) as partial:
+            shutil.move(converted, partial.name)
+        os.replace(partial.name, target)  # never a half-written companion under the rule's name
+        logger.info(f"series {image_id}: {modality.upper()} companion is series {series_uid} -> {target}")
+
+    def _find_companion(self, image_id: str, modality: str) -> Dataset | None:
+        reference = self._series({"SeriesInstanceUID": image_id})[0]
+        scopes = [{"StudyInstanceUID": str(reference.StudyInstanceUID)}]
+        if reference.get("PatientID"):
+            scopes.append({"PatientID": str(reference.PatientID)})
+        for scope in scopes:
+            candidates = sorted(self._series({**scope, "Modality": modality}), key=_series_order)
+            if candidates:
+                if len(candidates) > 1:
+                    others = [str(c.SeriesInstanceUID) for c in candidates[1:]]
+                    logger.warning(f"series {image_id}: several {modality} series ({scope}); not using {others}")
+                return candidates[0]
+        return None
+
+
+def _series_order(series: Dataset) -> tuple[float, str]:
+    number = series.get("SeriesNumber")
+    return (float(number) if number not in (None, "") else float("inf"), str(series.SeriesInstanceUID))
+
+
+def dicomweb_datastore(url: str, labels: LabelSet, companions: list[str]) -> CmfnetDicomWebDatastore:
+    """The datastore for `--studies http(s)://...`, built from MONAI Label's settings like MONAI Label builds its own,
+    with dcmqi taken from its pip package instead of downloaded."""
+    use_packaged_dcmqi()
+    if "googleapis.com" in url:
+        client = DICOMwebClient(url=url, session=create_session_from_gcp_credentials())
+    else:
+        session = None
+        if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+            session = create_session_from_user_pass(
+                settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD
+            )
+        client = DICOMwebClientX(
+            url=url,
+            session=session,
+            qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+            wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+            stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+        )
+    cache_path = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
+    return CmfnetDicomWebDatastore(
+        client=client,
+        labels=labels,
+        companions=companions,
+        search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+        cache_path=cache_path or None,
+        fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+        convert_to_nifti=settings.MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI,
+    )
