@@ -43,6 +43,9 @@ class CmfnetDatastore(LocalDatastore):
             raise NotFound(f"no image '{image_id}' in the datastore")
         return uri
 
+    def has_image(self, image_id: str) -> bool:
+        return bool(super().get_image_uri(image_id))
+
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         load_volume(image_filename, f"uploaded image '{image_id}'")
         return super().add_image(image_id, image_filename, image_info)
@@ -50,10 +53,7 @@ class CmfnetDatastore(LocalDatastore):
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         label_info = dict(label_info or {})
         replace = bool(label_info.pop("replace", False))
-        reference = load_volume(self.get_image_uri(image_id), f"image '{image_id}'")
-        label = load_volume(label_filename, f"label for '{image_id}'")
-        self._check_geometry(image_id, label, reference)
-        values = np.rint(label[0].numpy()).astype(np.int64)
+        values = self.read_label(image_id, label_filename)
         if label_tag != SCRIBBLES_TAG and (values == self.label_set.background_scribble).any():
             logger.info(f"label for {image_id} holds background strokes: storing it as scribbles")
             label_tag = SCRIBBLES_TAG
@@ -62,13 +62,34 @@ class CmfnetDatastore(LocalDatastore):
             f"label '{label_tag}' for '{image_id}'",
             allow_background_strokes=label_tag == SCRIBBLES_TAG,
         )
+        if label_tag == SCRIBBLES_TAG:
+            self.add_strokes(image_id, values, replace=replace, label_info=label_info)
+            return image_id
+        return self._write_label(image_id, values, label_tag, label_info)
+
+    def read_label(self, image_id: str, label_filename: str) -> np.ndarray:
+        """A label file's values (int64), checked to lie on the image's grid."""
+        reference = load_volume(self.get_image_uri(image_id), f"image '{image_id}'")
+        label = load_volume(label_filename, f"label for '{image_id}'")
+        _check_geometry(image_id, label, reference)
+        return np.rint(label[0].numpy()).astype(np.int64)
+
+    def add_strokes(
+        self,
+        image_id: str,
+        strokes: np.ndarray,
+        erase: np.ndarray | None = None,
+        replace: bool = False,
+        label_info: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        """Merge strokes into the stored scribbles (new strokes win; `erase` clears) and return the result."""
         with self._merge_lock:
-            if label_tag == SCRIBBLES_TAG and not replace:
-                values = self._merged_with_stored(image_id, values)
-            with tempfile.TemporaryDirectory() as folder:
-                path = Path(folder) / f"{image_id}.nii.gz"
-                nib.save(nib.Nifti1Image(values.astype(np.uint8), reference.affine.numpy()), path)
-                return super().save_label(image_id, str(path), label_tag, label_info)
+            stored = None if replace else self.scribbles(image_id)
+            merged = strokes if stored is None else np.where(strokes > 0, strokes, stored)
+            if erase is not None:
+                merged = np.where(erase, 0, merged)
+            self._write_label(image_id, merged, SCRIBBLES_TAG, label_info or {})
+        return merged
 
     def scribbles(self, image_id: str) -> np.ndarray | None:
         """The stored scribbles of a case, or None."""
@@ -77,22 +98,23 @@ class CmfnetDatastore(LocalDatastore):
             return None
         return np.rint(np.asarray(nib.load(uri).dataobj)).astype(np.int64)
 
-    def _merged_with_stored(self, image_id: str, strokes: np.ndarray) -> np.ndarray:
-        stored = self.scribbles(image_id)
-        if stored is None or stored.shape != strokes.shape:
-            return strokes
-        return np.where(strokes > 0, strokes, stored)
+    def _write_label(self, image_id: str, values: np.ndarray, tag: str, label_info: dict[str, Any]) -> str:
+        affine = load_volume(self.get_image_uri(image_id), f"image '{image_id}'").affine.numpy()
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"{image_id}.nii.gz"
+            nib.save(nib.Nifti1Image(values.astype(np.uint8), affine), path)
+            return super().save_label(image_id, str(path), tag, label_info)
 
-    @staticmethod
-    def _check_geometry(image_id: str, label, reference) -> None:
-        if label.shape != reference.shape:
-            raise InvalidInput(
-                f"label for '{image_id}' has shape {tuple(label.shape[1:])}, "
-                f"the image has {tuple(reference.shape[1:])}: labels must be on the image's grid"
-            )
-        difference = float((label.affine - reference.affine).abs().max())
-        if difference > AFFINE_TOLERANCE:
-            raise InvalidInput(
-                f"label for '{image_id}' has another affine (voxel -> world) than its image "
-                f"(differs by up to {difference:.3g} mm): labels must be on the image's grid"
-            )
+
+def _check_geometry(image_id: str, label, reference) -> None:
+    if label.shape != reference.shape:
+        raise InvalidInput(
+            f"label for '{image_id}' has shape {tuple(label.shape[1:])}, "
+            f"the image has {tuple(reference.shape[1:])}: labels must be on the image's grid"
+        )
+    difference = float((label.affine - reference.affine).abs().max())
+    if difference > AFFINE_TOLERANCE:
+        raise InvalidInput(
+            f"label for '{image_id}' has another affine (voxel -> world) than its image "
+            f"(differs by up to {difference:.3g} mm): labels must be on the image's grid"
+        )

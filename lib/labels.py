@@ -66,11 +66,3 @@ class LabelSet:
                 f"{what} holds values {bad[:10].tolist()} outside 0..{top} "
                 f"(classes {self.classes}; {self.background_scribble} = background stroke)"
             )
-
-
-def scribbles_to_target(scribbles: np.ndarray, num_classes: int) -> np.ndarray:
-    """Stored scribbles (0 none, 1..K class, K+1 background) -> class indices with IGNORE."""
-    target = scribbles.astype(np.int64)
-    target[scribbles == 0] = IGNORE
-    target[scribbles == num_classes + 1] = 0
-    return target

@@ -1,6 +1,7 @@
 """Shared fixtures: a small generated datastore and a real MONAI Label server on 127.0.0.1."""
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import nibabel as nib
 import pytest
 import torch
 
@@ -97,6 +99,13 @@ class Server:
     @property
     def model_file(self) -> Path:
         return self.app_dir / "model" / "cmfnet.pt"
+
+    def infer_label(self, image_id: str) -> nib.Nifti1Image:
+        """`/infer/cmfnet` on a datastore image, the label volume as NIfTI."""
+        response = self.http.post(f"/infer/cmfnet?image={image_id}&output=image")
+        assert response.status_code == 200, response.text
+        content = response.content
+        return nib.Nifti1Image.from_bytes(gzip.decompress(content) if content[:2] == b"\x1f\x8b" else content)
 
     def train(self, params: dict | None = None, timeout: float = 600) -> dict:
         """Start a training run and wait for it to finish; returns the finished task."""

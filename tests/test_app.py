@@ -1,6 +1,5 @@
 """The app end to end over HTTP: info, infer, train from scribbles, publish, MONAILabelClient."""
 
-import gzip
 import hashlib
 import shutil
 import time
@@ -19,7 +18,7 @@ from tests.conftest import FAST_TRAIN, running_server
 def server(demo, tmp_path_factory):
     studies = tmp_path_factory.mktemp("app") / "studies"
     shutil.copytree(demo / "studies", studies)
-    with running_server(studies.parent, studies) as server:
+    with running_server(studies.parent, studies, {"auto_train": "false"}) as server:
         yield server
 
 
@@ -32,13 +31,6 @@ def trained(server):
 
 def checksum(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def infer_label(http, image_id: str) -> nib.Nifti1Image:
-    response = http.post(f"/infer/cmfnet?image={image_id}&output=image")
-    assert response.status_code == 200, response.text
-    content = response.content
-    return nib.Nifti1Image.from_bytes(gzip.decompress(content) if content[:2] == b"\x1f\x8b" else content)
 
 
 def test_info_lists_model_labels_and_trainer(server):
@@ -70,7 +62,7 @@ def test_training_publishes_a_model_and_reports_progress(trained):
 def test_infer_returns_label_on_the_ct_grid(trained):
     server, _ = trained
     ct = nib.load(server.studies / "case_002.nii.gz")
-    label = infer_label(server.http, "case_002")
+    label = server.infer_label("case_002")
     assert label.shape == ct.shape
     np.testing.assert_allclose(label.affine, ct.affine, atol=1e-3)
     assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, *DEMO_LABELS.values()}
@@ -83,7 +75,7 @@ def test_infer_returns_label_on_the_ct_grid(trained):
 def test_new_scribbles_and_training_change_checkpoint_and_prediction(trained, demo, tmp_path):
     server, _ = trained
     model_before = checksum(server.model_file)
-    prediction_before = np.asarray(infer_label(server.http, "case_002").dataobj)
+    prediction_before = np.asarray(server.infer_label("case_002").dataobj)
 
     truth = nib.load(demo / "truth" / "case_002.nii.gz")
     scribbles = simulate_scribbles(np.asarray(truth.dataobj), len(DEMO_LABELS), seed=7)
@@ -99,7 +91,7 @@ def test_new_scribbles_and_training_change_checkpoint_and_prediction(trained, de
 
     server.train()
     assert checksum(server.model_file) != model_before
-    prediction_after = np.asarray(infer_label(server.http, "case_002").dataobj)
+    prediction_after = np.asarray(server.infer_label("case_002").dataobj)
     assert (prediction_after != prediction_before).any()
 
 

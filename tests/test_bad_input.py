@@ -18,7 +18,7 @@ K = len(DEMO_LABELS)
 def server(demo, tmp_path_factory):
     studies = tmp_path_factory.mktemp("bad") / "studies"
     shutil.copytree(demo / "studies", studies)
-    with running_server(studies.parent, studies) as server:
+    with running_server(studies.parent, studies, {"auto_train": "false"}) as server:
         yield server
 
 

@@ -2,6 +2,11 @@
 
 `lib` (at the repository root) is importable because the project is installed in
 editable mode (`make setup`); see pyproject.toml.
+
+Besides wiring the models, the app keeps what no client stores: the strokes of a
+scribbles request go into the datastore before the task answers, and any stored
+annotation starts a background training run (`--conf auto_train true|false`,
+`auto_train_delay` seconds, `auto_train_epochs` per run).
 """
 
 import importlib
@@ -13,12 +18,17 @@ import pkgutil
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.utils.others.generic import strtobool
 
 import lib.configs
 from lib.batch_infer import CmfnetBatchInfer
-from lib.datastore import CmfnetDatastore
+from lib.datastore import SCRIBBLES_TAG, CmfnetDatastore
 from lib.dicomweb.datastore import dicomweb_datastore
 from lib.labels import LabelSet
+from lib.retraining import AutoRetrainer
+from lib.scribbles.request import prepare_scribbles_request
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +60,11 @@ class CmFNetLabelApp(MONAILabelApp):
             self.models[name] = config
         # every model of this app shares one label set (the datastore checks labels against it)
         self.label_set = LabelSet(next(iter(self.models.values())).labels)
+        self.retrainers = {}
+        if strtobool(conf.get("auto_train", "true")):
+            budget = {"max_epochs": int(conf.get("auto_train_epochs", 10))}
+            delay = float(conf.get("auto_train_delay", 5))
+            self.retrainers = {name: AutoRetrainer(name, delay, budget) for name in names}
 
         super().__init__(
             app_dir=app_dir,
@@ -88,3 +103,32 @@ class CmFNetLabelApp(MONAILabelApp):
 
     def init_trainers(self):
         return {name: config.trainer() for name, config in self.models.items()}
+
+    def infer(self, request, datastore=None):
+        task = self._infers.get(request.get("model"))
+        if task is not None and task.type == InferType.SCRIBBLES:
+            request = prepare_scribbles_request(request, self.datastore(), self.label_set)
+            if request["strokes_stored"]:
+                self._annotations_changed()
+        return super().infer(request, datastore)
+
+    def on_save_label(self, image_id, label_id):
+        self._annotations_changed()
+        return super().on_save_label(image_id, label_id)
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        unpublished = [name for name in self.retrainers if not os.path.exists(self.models[name].path)]
+        if unpublished and self._has_annotations():
+            logger.info(f"Annotations but no published model for {unpublished}: training in the background")
+            for name in unpublished:
+                self.retrainers[name].request()
+
+    def _has_annotations(self) -> bool:
+        datastore = self.datastore()
+        tags = (SCRIBBLES_TAG, DefaultLabelTag.FINAL.value)
+        return any(datastore.get_label_uri(image, tag) for image in datastore.list_images() for tag in tags)
+
+    def _annotations_changed(self):
+        for retrainer in self.retrainers.values():
+            retrainer.request()

@@ -20,6 +20,7 @@ from monailabel.interfaces.config import TaskConfig
 
 from lib.data.phantoms import DEMO_LABELS
 from lib.infers.cmfnet import CmFNetSegmentation
+from lib.infers.scribbles import CmFNetScribbles
 from lib.labels import LabelSet
 from lib.networks.cmfnet import build_cmfnet
 from lib.trainers.cmfnet import CmFNetTrainer
@@ -48,15 +49,14 @@ class CmFNetConfig(TaskConfig):
         logger.info(f"{name}: labels {self.labels}, modalities {self.modalities}, model {self.path}")
 
     def infer(self):
-        return {
-            self.name: CmFNetSegmentation(
-                path=self.path,
-                network=self.network,
-                labels=self.label_set,
-                modalities=self.modalities,
-                roi_size=self.roi_size,
-            )
+        task = {
+            "path": self.path,
+            "network": self.network,
+            "labels": self.label_set,
+            "modalities": self.modalities,
+            "roi_size": self.roi_size,
         }
+        return {self.name: CmFNetSegmentation(**task), f"{self.name}_scribbles": CmFNetScribbles(**task)}
 
     def trainer(self):
         return CmFNetTrainer(

@@ -32,12 +32,13 @@ class CmFNetSegmentation(BasicInferTask):
         labels: LabelSet,
         modalities: list[str],
         roi_size: tuple[int, int, int],
+        type: InferType = InferType.SEGMENTATION,
         description: str = "CmFNet cross-modal segmentation",
     ):
         super().__init__(
             path=path,
             network=network,
-            type=InferType.SEGMENTATION,
+            type=type,
             labels=labels.classes,
             dimension=3,
             description=description,

@@ -1,0 +1,60 @@
+"""Retraining on its own when annotations change (nothing in MONAI Label does this).
+
+`request()` marks new annotations. A background thread starts a training run once the
+marks are `delay` seconds old and no run is going; marks that arrive during a run start
+exactly one more run after it, never a growing queue. Runs go through MONAI Label's own
+background train task (a subprocess), so inference keeps answering, `/train` shows them
+and `DELETE /train` stops them.
+"""
+
+import logging
+import threading
+import time
+
+from monailabel.utils.async_tasks.task import AsyncTask
+from monailabel.utils.async_tasks.utils import tasks
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+
+
+def training_in_progress() -> bool:
+    return any(task["status"] in ("SUBMITTED", "RUNNING") for task in tasks("train"))
+
+
+class AutoRetrainer:
+    def __init__(self, model: str, delay: float, params: dict):
+        self.model = model
+        self.delay = delay
+        self.params = params
+        self._pending_since: float | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        """New annotations: train on them soon."""
+        with self._lock:
+            if self._pending_since is None:
+                self._pending_since = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="auto-retrain", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(POLL_SECONDS)
+            with self._lock:
+                due = self._pending_since is not None and time.monotonic() - self._pending_since >= self.delay
+                if not due or training_in_progress():
+                    continue
+                self._pending_since = None
+            logger.info(f"New annotations: starting a {self.model} training run {self.params}")
+            try:
+                task, detail = AsyncTask.run("train", request={"model": self.model}, params=dict(self.params))
+            except Exception:
+                logger.exception("Could not start the training run")
+                task, detail = None, "error"
+            if task is None:  # another run started meanwhile: keep the marks for after it
+                logger.info(f"Training not started ({detail}); trying again after the current run")
+                self.request()

@@ -1,0 +1,63 @@
+"""Labels -> training targets, held-out strokes and the stroke-accuracy key metric."""
+
+import numpy as np
+import pytest
+import torch
+
+from lib.errors import InvalidInput
+from lib.labels import IGNORE, LabelSet
+from lib.metrics import StrokeAccuracy
+from lib.transforms.targets import HoldOutStrokesd, LabelToTargetd, held_out_blocks
+
+
+def test_label_to_target_for_scribbles_and_dense_labels():
+    image = torch.zeros(2, 2, 2, 2)
+    label = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2]).reshape(1, 2, 2, 2).float()
+    scribbled = LabelToTargetd(num_classes=2)({"image": image, "label": label, "dense": False})["label"]
+    np.testing.assert_array_equal(scribbled.flatten(), [IGNORE, 1, 2, 0, IGNORE, IGNORE, 1, 2])
+    dense = LabelToTargetd(num_classes=2)({"image": image, "label": label, "dense": True})["label"]
+    np.testing.assert_array_equal(dense.flatten(), [0, 1, 2, IGNORE, IGNORE, 0, 1, 2])
+    with pytest.raises(InvalidInput, match="differ in shape"):
+        LabelToTargetd(num_classes=2)({"image": torch.zeros(2, 3, 3, 3), "label": label, "dense": False})
+
+
+def test_held_out_strokes_split_the_annotations_in_two_disjoint_parts():
+    target = torch.full((1, 32, 32, 16), IGNORE)
+    target[0, ::3, ::3, ::2] = 1
+    train = HoldOutStrokesd("train")({"label": target})["label"]
+    validation = HoldOutStrokesd("validation")({"label": target})["label"]
+    annotated = target != IGNORE
+    in_train, in_validation = train != IGNORE, validation != IGNORE
+    assert not (in_train & in_validation).any()
+    assert torch.equal(in_train | in_validation, annotated)
+    held = torch.from_numpy(held_out_blocks((32, 32, 16)))
+    assert torch.equal(in_validation[0], annotated[0] & held)
+    assert 0.1 < in_validation.sum() / annotated.sum() < 0.35  # about one block in five
+
+
+def test_a_case_with_strokes_on_one_side_only_keeps_them_all_for_both():
+    target = torch.full((1, 32, 32, 16), IGNORE)
+    held = torch.from_numpy(held_out_blocks((32, 32, 16)))
+    target[0][~held] = 1  # strokes only outside held-out blocks
+    assert torch.equal(HoldOutStrokesd("validation")({"label": target})["label"], target)
+
+
+def test_stroke_accuracy_is_balanced_over_annotated_classes():
+    # 3 classes; class 0: 2 voxels, 1 right; class 1: 1 voxel, right; class 2: none annotated
+    y = torch.tensor([0, 0, 1, IGNORE]).reshape(1, 1, 4, 1, 1)
+    predicted = torch.tensor([0, 2, 1, 2]).reshape(1, 1, 4, 1, 1)
+    metric = StrokeAccuracy(num_classes=3)
+    metric(predicted, y)
+    assert metric.aggregate().item() == pytest.approx((1 / 2 + 1 / 1) / 2)
+    metric.reset()
+    metric(torch.zeros(1, 1, 4, 1, 1), torch.full((1, 1, 4, 1, 1), IGNORE))
+    assert metric.aggregate().item() == 0.0
+
+
+def test_label_set_parses_conf_and_rejects_bad_ids():
+    assert LabelSet.parse('{"liver":1,"spleen":2}', {"x": 1}).classes == {"liver": 1, "spleen": 2}
+    assert LabelSet.parse(None, {"x": 1}).classes == {"x": 1}
+    with pytest.raises(ValueError, match="1..K"):
+        LabelSet({"liver": 1, "spleen": 3})
+    with pytest.raises(ValueError, match="JSON"):
+        LabelSet.parse("{liver:1}", {})
