@@ -8,8 +8,10 @@ CONF ?=
 
 # Orthanc (a DICOMweb PACS) and Chromium, for the DICOMweb and OHIF tests: Debian packages (needs root)
 SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
+# playwright-core (npm) drives that Chromium in the OHIF test; it never downloads a browser
+BROWSER_TESTS := tests/browser
 
-.PHONY: setup system-deps demo serve test lint
+.PHONY: setup system-deps browser-deps demo serve test lint
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +26,12 @@ system-deps:
 	then echo "system packages present: $(SYSTEM_PACKAGES)"; \
 	else apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES); fi
 
+browser-deps: $(BROWSER_TESTS)/node_modules/.installed
+
+$(BROWSER_TESTS)/node_modules/.installed: $(BROWSER_TESTS)/package.json $(BROWSER_TESTS)/package-lock.json
+	npm ci --prefix $(BROWSER_TESTS) --no-audit --no-fund
+	touch $@
+
 demo: setup
 	$(PY) -m lib.data.demo --out $(DEMO)
 
@@ -31,7 +39,7 @@ serve: demo
 	$(VENV)/bin/monailabel start_server --app apps/cmfnet --studies $(STUDIES) --port $(PORT) \
 		--conf models cmfnet $(CONF)
 
-test: setup
+test: setup browser-deps
 	$(PY) -m pytest -q
 
 lint: setup

@@ -20,7 +20,7 @@ def server(demo, tmp_path_factory):
     shutil.copytree(demo / "studies", studies)
     shutil.copy(studies / "case_002.nii.gz", studies / f"{BROKEN}.nii.gz")
     (studies / "mr" / f"{BROKEN}.nii.gz").write_bytes(b"not a NIfTI file")
-    with running_server(studies.parent, studies) as server:
+    with running_server(studies.parent, studies, conf={"auto_train": "false"}) as server:
         publish_untrained_model(server)
         yield server
 

@@ -38,7 +38,8 @@ def pacs(tmp_path_factory):
 def server(pacs):
     orthanc, _, root = pacs
     cache = root / "cache"
-    with running_server(root, orthanc.dicomweb, env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(cache)}) as server:
+    env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(cache)}
+    with running_server(root, orthanc.dicomweb, conf={"auto_train": "false"}, env=env) as server:
         publish_untrained_model(server)
         server.cache = next(p for p in cache.iterdir() if p.is_dir())  # MONAI Label's <cache>/<hash of the url>
         yield server

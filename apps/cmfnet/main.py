@@ -73,7 +73,9 @@ class CmFNetLabelApp(MONAILabelApp):
             name="CmFNet Label",
             description="Cross-modal (CT + MR) segmentation trained from scribbles",
             version="0.1.0",
-            labels=self.label_set.classes,
+            # names in id order, as MONAI Label's own apps list them: OHIF's panel appends to this list
+            # (a name -> id map breaks it); each model's "labels" in /info keeps the name -> id map
+            labels=sorted(self.label_set.classes, key=self.label_set.classes.get),
         )
 
     def init_datastore(self):

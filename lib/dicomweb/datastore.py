@@ -32,6 +32,7 @@ from dicomweb_client.ext.gcp.session_utils import create_session_from_gcp_creden
 from dicomweb_client.session_utils import create_session_from_user_pass
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
 from monailabel.datastore.utils.convert import dicom_to_nifti
 from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
@@ -69,6 +70,16 @@ class CmfnetDicomWebDatastore(DICOMWebDatastore):
         for modality in self.companions:
             self._materialize_companion(image_id, reference, modality)
         return str(reference)
+
+    def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        """Without `image_id`, `label_id` is an image id, as in the local datastore: its cached label, if any.
+
+        MONAI Label's DICOMweb datastore takes a `final` label id to be a SEG series to download
+        (it passes `image_id` then); given an image id it would download the CT as a SEG and fail.
+        """
+        if label_tag == DefaultLabelTag.FINAL and not image_id:
+            return LocalDatastore.get_label_uri(self, label_id, label_tag)
+        return super().get_label_uri(label_id, label_tag, image_id)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any], **kwargs):
         label_info = dict(label_info or {})
