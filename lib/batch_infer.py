@@ -10,6 +10,10 @@ MONAI Label's task already picks the images (`all`, `labeled` = with a `final` l
   as `{"error": ...}` under its image id, and the batch goes on;
 - run without a GPU: with `multi_gpu` (its default) it spreads cases over the CUDA devices,
   and with none it divides by zero. Here `multi_gpu` is turned off when CUDA is absent.
+
+Per-case transform logging defaults to WARNING (as the endpoint's own default parameters
+say, but those are dropped as soon as a request sends any), so that the progress lines
+stay in the last lines that `GET /batch/infer` shows.
 """
 
 import logging
@@ -24,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 class CmfnetBatchInfer(BatchInferTask):
     def __call__(self, request, datastore: Datastore, infer: Callable):
-        request = dict(request)
+        request = {"logging": "WARNING", **request}
         if not torch.cuda.is_available():
             request["multi_gpu"] = False
         results = super().__call__(request, datastore, skipping_failures(infer))

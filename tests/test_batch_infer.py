@@ -48,7 +48,8 @@ def test_batch_labels_every_image_and_skips_the_broken_one(server):
     assert response.status_code == 200, response.text
     task = wait_for_batch(server)
     assert task["status"] == "DONE", task
-    details = "\n".join(task["details"])
+    details = "\n".join(task["details"])  # the last lines of the batch's log
+    assert "=> 4 / 4" in details
     assert "3 of 4 images labelled (tag 'batch'); 1 failed and skipped: ['case_broken']" in details
 
     for image_id in CASES:
