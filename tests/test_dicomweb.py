@@ -161,6 +161,21 @@ def test_final_label_is_stored_in_the_pacs_as_dicom_seg(server, pacs, tmp_path):
     np.testing.assert_array_equal(seg_volume(seg, ct_files(case)), truth)
 
 
+def test_batch_inference_over_the_pacs_labels_every_ct_series(server, pacs):
+    _, cases, _ = pacs
+    response = server.http.post(
+        "/batch/infer/cmfnet", params={"images": "all", "run_sync": True}, json={"label_tag": "batch"}
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()
+    assert set(results) == {cases["case_000"]["CT"], cases["case_001"]["CT"]}
+    for seed, case in enumerate(cases.values()):
+        assert results[case["CT"]]["params"]["modalities_used"] == ["ct", "mr"]
+        label, phantom = nib.load(server.cache / "labels" / "batch" / f"{case['CT']}.nii.gz"), make_case(seed)
+        assert label.shape == phantom.ct.shape
+        np.testing.assert_allclose(label.affine, phantom.ct_affine, atol=1e-3)
+
+
 def test_unknown_series_is_404_and_an_mr_series_is_refused(server, pacs):
     _, cases, _ = pacs
     assert server.http.post("/infer/cmfnet?image=1.2.3.4&output=json").status_code == 404

@@ -22,7 +22,6 @@ path, written by dcmqi); segment names come from the app's labels when the clien
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -127,10 +126,9 @@ class CmfnetDicomWebDatastore(DICOMWebDatastore):
             dicom_web_download_series(
                 str(series.StudyInstanceUID), series_uid, str(folder), self._client, self._fetch_by_frame
             )
-        converted = dicom_to_nifti(str(folder))
-        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".nii.gz", delete=False) as partial:
-            shutil.move(converted, partial.name)
-        os.replace(partial.name, target)  # never a half-written companion under the rule's name
+        partial = target.parent / f".{target.name}.{os.getpid()}.partial"
+        shutil.move(dicom_to_nifti(str(folder)), partial)
+        os.replace(partial, target)  # never a half-written companion under the rule's name
         logger.info(f"series {image_id}: {modality.upper()} companion is series {series_uid} -> {target}")
 
     def _find_companion(self, image_id: str, modality: str) -> Dataset | None:
