@@ -1,6 +1,8 @@
 """MONAI Label's local datastore with the checks and scribble handling this app needs.
 
 - Unknown image ids are a 404, not an empty path that fails later.
+- `PUT /datastore/image?image=ID` with params `{"modality": "mr"}` stores the upload as the MR
+  companion of case ID (`<studies>/mr/ID.<ext>`), not as a new case.
 - Uploaded images and labels are read and checked before anything is stored, so a corrupt
   or mismatched upload never replaces good data: a label must have the image's shape and
   affine, and values in 0..K (`final`) or 0..K+1 (`scribbles`).
@@ -11,6 +13,7 @@
 """
 
 import logging
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -32,8 +35,9 @@ AFFINE_TOLERANCE = 1e-2
 
 
 class CmfnetDatastore(LocalDatastore):
-    def __init__(self, datastore_path: str, labels: LabelSet, **kwargs):
+    def __init__(self, datastore_path: str, labels: LabelSet, companions: list[str], **kwargs):
         self.label_set = labels
+        self.companions = companions
         self._merge_lock = threading.Lock()
         super().__init__(datastore_path, **kwargs)
 
@@ -47,8 +51,21 @@ class CmfnetDatastore(LocalDatastore):
         return bool(super().get_image_uri(image_id))
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """A new case image; with `{"modality": "mr"}` in the params, the companion of case `image_id`."""
+        image_info = dict(image_info or {})
+        modality = image_info.pop("modality", None)
         load_volume(image_filename, f"uploaded image '{image_id}'")
-        return super().add_image(image_id, image_filename, image_info)
+        if modality is None:
+            return super().add_image(image_id, image_filename, image_info)
+        if modality not in self.companions:
+            raise InvalidInput(f"unknown companion modality {modality!r}; this server's are {self.companions}")
+        if not image_id:
+            raise InvalidInput("a companion upload needs the case id (?image=ID)")
+        folder = Path(self._datastore.image_path()) / modality
+        folder.mkdir(exist_ok=True)
+        extension = "".join(Path(image_filename).suffixes)
+        shutil.copy(image_filename, folder / f"{image_id}{extension}")
+        return image_id
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         label_info = dict(label_info or {})

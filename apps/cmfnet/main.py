@@ -58,8 +58,10 @@ class CmFNetLabelApp(MONAILabelApp):
             config = configs[name]()
             config.init(name, self.model_dir, conf, None)
             self.models[name] = config
-        # every model of this app shares one label set (the datastore checks labels against it)
-        self.label_set = LabelSet(next(iter(self.models.values())).labels)
+        # every model of this app shares one label set and modalities (the datastore checks uploads with them)
+        first = next(iter(self.models.values()))
+        self.label_set = LabelSet(first.labels)
+        self.companions = first.modalities[1:]
         self.retrainers = {}
         if strtobool(conf.get("auto_train", "true")):
             budget = {"max_epochs": int(conf.get("auto_train_epochs", 10))}
@@ -84,6 +86,7 @@ class CmFNetLabelApp(MONAILabelApp):
         return CmfnetDatastore(
             self.studies,
             labels=self.label_set,
+            companions=self.companions,
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,

@@ -26,30 +26,20 @@ from monai.inferers import SlidingWindowInferer
 from monai.transforms import (
     Activationsd,
     AsDiscreted,
-    EnsureChannelFirstd,
-    LoadImaged,
-    RandCropByLabelClassesd,
-    RandFlipd,
-    RandRotate90d,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    SpatialPadd,
 )
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from lib.datastore import SCRIBBLES_TAG
 from lib.errors import InvalidInput
-from lib.labels import IGNORE, LabelSet
+from lib.labels import LabelSet
 from lib.losses.hybrid import HybridLoss, HybridLossWeights
 from lib.metrics import StrokeAccuracy
-from lib.networks.cmfnet import random_modality_mask
-from lib.transforms.modalities import LoadModalitiesd
-from lib.transforms.targets import HoldOutStrokesd, LabelToTargetd
+from lib.training import hybrid_step, loading_transforms, training_transforms
+from lib.transforms.targets import HoldOutStrokesd
 
 logger = logging.getLogger(__name__)
 
-SPATIAL_KEYS = ["image", "label", "valid"]
 METRIC = "stroke_accuracy"
 
 
@@ -116,39 +106,12 @@ class CmFNetTrainer(BasicTrainTask):
         """Validation uses the held-out strokes of the same cases (see HoldOutStrokesd)."""
         return context.datalist, context.datalist
 
-    def _load(self):
-        return [
-            LoadModalitiesd(self.modalities),
-            LoadImaged(keys="label", image_only=True),
-            EnsureChannelFirstd(keys="label", channel_dim="no_channel"),
-            LabelToTargetd(self.label_set.num_classes),
-        ]
-
     def train_pre_transforms(self, context: Context):
-        return [
-            *self._load(),
-            HoldOutStrokesd("train"),
-            SpatialPadd(keys=["image", "valid"], spatial_size=self.patch_size),
-            SpatialPadd(keys="label", spatial_size=self.patch_size, value=IGNORE),
-            # patch centres drawn class by class from the annotated voxels: every patch holds strokes
-            RandCropByLabelClassesd(
-                keys=SPATIAL_KEYS,
-                label_key="label",
-                spatial_size=self.patch_size,
-                num_classes=self.label_set.num_classes + 1,
-                num_samples=int(context.request["num_samples"]),
-                warn=False,
-            ),
-            # the same spatial augmentation for every modality, the target and the valid mask
-            RandFlipd(keys=SPATIAL_KEYS, prob=0.5, spatial_axis=0),
-            RandFlipd(keys=SPATIAL_KEYS, prob=0.5, spatial_axis=1),
-            RandRotate90d(keys=SPATIAL_KEYS, prob=0.5, spatial_axes=(0, 1)),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
-        ]
+        num_samples = int(context.request["num_samples"])
+        return training_transforms(self.modalities, self.label_set.num_classes, self.patch_size, num_samples)
 
     def val_pre_transforms(self, context: Context):
-        return [*self._load(), HoldOutStrokesd("validation")]
+        return [*loading_transforms(self.modalities, self.label_set.num_classes), HoldOutStrokesd("validation")]
 
     def train_post_transforms(self, context: Context):
         return [Activationsd(keys="pred", softmax=True), AsDiscreted(keys="pred", argmax=True)]
@@ -175,32 +138,17 @@ class CmFNetTrainer(BasicTrainTask):
         p_drop = float(context.request["modality_dropout"])
 
         def iteration(engine, batch):
-            device = engine.state.device
-            image = batch["image"].to(device)
-            target = batch["label"].to(device)
-            present = _with_dropout(batch["present"].to(device), p_drop)
-            engine.network.train()
-            engine.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                output = engine.network.forward_all(image, present)
-                loss, terms = loss_function(
-                    output,
-                    image,
-                    target,
-                    dense=batch["dense"].to(device),
-                    step=engine.state.iteration,
-                    spacing=_spacing(image),
-                    valid=batch["valid"].to(device),
-                )
-            loss.backward()
-            engine.optimizer.step()
-            return {
-                "image": image,
-                "label": target,
-                "pred": output.fused.float(),
-                "loss": loss.item(),
-                **terms,
-            }
+            output, loss, terms = hybrid_step(
+                engine.network,
+                engine.optimizer,
+                loss_function,
+                batch,
+                engine.state.iteration,
+                p_drop,
+                engine.state.device,
+            )
+            label = batch["label"].to(engine.state.device)
+            return {"label": label, "pred": output.fused.float(), "loss": loss.item(), **terms}
 
         return iteration
 
@@ -254,18 +202,3 @@ def publish_atomically(source: Path, target: Path) -> None:
     shutil.copyfile(source, partial)
     os.replace(partial, target)
     logger.info(f"New model published: {source} => {target}")
-
-
-def _with_dropout(present: torch.Tensor, p_drop: float) -> torch.Tensor:
-    """Modality dropout on top of the data's own presence; a sample never loses all modalities."""
-    dropped = present & random_modality_mask(present.shape[0], present.shape[1], p_drop).to(present.device)
-    return torch.where(dropped.any(dim=1, keepdim=True), dropped, present)
-
-
-def _spacing(image) -> tuple[float, float, float]:
-    """Voxel size in mm from the batch's (augmented) affine; 1 mm when the image has none."""
-    affine = getattr(image, "affine", None)
-    if affine is None:
-        return (1.0, 1.0, 1.0)
-    affine = affine[0] if affine.ndim == 3 else affine
-    return tuple(float(s) for s in torch.linalg.norm(affine[:3, :3].float(), dim=0))

@@ -1,4 +1,5 @@
-"""Bad input over HTTP: a clear 4xx, nothing stored lost, and the server keeps serving."""
+"""The datastore over HTTP: uploads, stroke replacement and removal, and bad input (a clear 4xx,
+nothing stored lost, the server keeps serving)."""
 
 import gzip
 import hashlib
@@ -144,6 +145,49 @@ def test_half_written_model_file_never_breaks_serving(server):
     response = server.http.post("/infer/cmfnet?image=case_002&output=json")
     assert response.status_code == 200, "the model already in memory keeps serving"
     server.model_file.write_bytes(good)
+
+
+def test_companion_upload_makes_a_ct_only_case_cross_modal(server, tmp_path):
+    publish_untrained_model(server)
+    shutil.copy(server.studies / "case_001.nii.gz", tmp_path / "pair.nii.gz")
+    assert put_image(server, "pair", tmp_path / "pair.nii.gz").status_code == 200
+    assert server.http.post("/infer/cmfnet?image=pair&output=json").json()["modalities_missing"] == ["mr"]
+    with open(server.studies / "mr" / "case_001.nii.gz", "rb") as f:
+        response = server.http.put(
+            "/datastore/image", params={"image": "pair"}, data={"params": '{"modality": "mr"}'}, files={"file": f}
+        )
+    assert response.status_code == 200, response.text
+    assert (server.studies / "mr" / "pair.nii.gz").exists()
+    assert "pair" in image_ids(server) and len([i for i in image_ids(server) if i.startswith("pair")]) == 1
+    assert server.http.post("/infer/cmfnet?image=pair&output=json").json()["modalities_used"] == ["ct", "mr"]
+
+
+def test_strokes_are_merged_unless_replaced_on_purpose_and_can_be_deleted(server, tmp_path):
+    ct = nib.load(server.studies / "case_002.nii.gz")
+    first, second = np.zeros(ct.shape, np.uint8), np.zeros(ct.shape, np.uint8)
+    first[10:20, 30, 20] = 1
+    second[10:15, 30, 20] = K + 1  # overlaps half of the first stroke
+    second[50, 50:60, 20] = 2
+    for index, strokes in enumerate((first, second)):
+        nib.save(nib.Nifti1Image(strokes, ct.affine), tmp_path / f"s{index}.nii.gz")
+    stored = server.studies / "labels" / "scribbles" / "case_002.nii.gz"
+
+    assert put_label(server, "case_002", tmp_path / "s0.nii.gz").status_code == 200
+    assert put_label(server, "case_002", tmp_path / "s1.nii.gz").status_code == 200
+    np.testing.assert_array_equal(np.asarray(nib.load(stored).dataobj), np.where(second > 0, second, first))
+
+    with open(tmp_path / "s0.nii.gz", "rb") as f:
+        response = server.http.put(
+            "/datastore/label",
+            params={"image": "case_002", "tag": "scribbles"},
+            data={"params": '{"replace": true}'},
+            files={"label": f},
+        )
+    assert response.status_code == 200, response.text
+    np.testing.assert_array_equal(np.asarray(nib.load(stored).dataobj), first)
+
+    assert server.http.delete("/datastore/label", params={"id": "case_002", "tag": "scribbles"}).status_code == 200
+    assert not stored.exists()
 
 
 def test_server_still_serves_after_all_of_the_above(server):
