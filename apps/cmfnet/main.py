@@ -94,8 +94,7 @@ class CmFNetLabelApp(MONAILabelApp):
 
     def _init_dicomweb_datastore(self):
         # MONAI Label's own would download dcmqi and find no companion series; see lib/dicomweb
-        companions = next(iter(self.models.values())).modalities[1:]
-        return dicomweb_datastore(self.studies, self.label_set, companions)
+        return dicomweb_datastore(self.studies, self.label_set, self.companions)
 
     def init_batch_infer(self):
         return CmfnetBatchInfer()
