@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -178,8 +179,6 @@ def export_phantom(seed: int, case_id: str, out: Path) -> dict:
 
 def stow(url: str, files: list[Path]) -> None:
     """Store DICOM files in a DICOMweb server (STOW-RS), one series per request."""
-    from dicomweb_client import DICOMwebClient
-
     client = DICOMwebClient(url=url)
     by_folder: dict[Path, list[Path]] = {}
     for path in files:

@@ -52,7 +52,6 @@ try {
 
   // Auto-Segmentation tab -> Run (the first segmentation model, cmfnet)
   await page.getByText('Auto-Segmentation', { exact: true }).click();
-  result.models = await page.locator('.modelSelector select option').allTextContents();
   const infer = page.waitForResponse((r) => r.url().startsWith(`${server}/infer/cmfnet`));
   await page.locator('button[title="Run Segmentation"]').click();
   const response = await infer;
