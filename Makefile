@@ -36,7 +36,7 @@ demo: setup
 	$(PY) -m lib.data.demo --out $(DEMO)
 
 serve: demo
-	$(VENV)/bin/monailabel start_server --app apps/cmfnet --studies $(STUDIES) --port $(PORT) \
+	$(PY) -m monailabel.main start_server --app apps/cmfnet --studies $(STUDIES) --port $(PORT) \
 		--conf models cmfnet $(CONF)
 
 test: setup browser-deps

@@ -53,9 +53,6 @@ class LabelSet:
         """The stored value of a background stroke: K+1."""
         return self.num_classes + 1
 
-    def names_by_id(self) -> dict[int, str]:
-        return {v: k for k, v in self.classes.items()}
-
     def check_values(self, array: np.ndarray, what: str, allow_background_strokes: bool) -> None:
         """Raise InvalidInput when `array` holds values outside the convention."""
         top = self.background_scribble if allow_background_strokes else self.num_classes
