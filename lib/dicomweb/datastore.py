@@ -91,7 +91,7 @@ class CmfnetDicomWebDatastore(DICOMWebDatastore):
     def segment_info(self, label_filename: str) -> list[dict[str, str]]:
         """Names for MONAI Label's DICOM SEG writer: one per label value present, in increasing order."""
         values = np.unique(np.rint(load_volume(label_filename, "label").numpy()).astype(np.int64))
-        names = self.label_set.names_by_id()
+        names = {i: name for name, i in self.label_set.classes.items()}
         return [{"name": names.get(int(v), f"label {v}")} for v in values if v != 0]
 
     def _series(self, filters: dict[str, Any]) -> list[Dataset]:
