@@ -33,6 +33,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(process: subprocess.Popen, probe_url: str, log: Path, timeout: float, name: str) -> None:
+    """Wait until `probe_url` answers 200; fail with the process's log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(probe_url, timeout=5).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start:\n{log.read_text()}")
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def running_server(
     tmp: Path,
@@ -68,16 +82,7 @@ def running_server(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{(tmp / 'server.log').read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{(tmp / 'server.log').read_text()}")
-            time.sleep(1)
+        wait_until_serving(process, f"{url}/info/", tmp / "server.log", startup_timeout, "server")
         yield Server(url=url, app_dir=app, studies=studies, log=tmp / "server.log")
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # the server and its training subprocesses

@@ -10,13 +10,12 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_serving
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -68,16 +67,7 @@ def running_orthanc(folder: Path, startup_timeout: float = 60):
     process = subprocess.Popen([ORTHANC, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{http_port}"
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {process.returncode}:\n{(folder / 'orthanc.log').read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/dicom-web/studies", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Orthanc did not start:\n{(folder / 'orthanc.log').read_text()}")
-            time.sleep(0.5)
+        wait_until_serving(process, f"{url}/dicom-web/studies", folder / "orthanc.log", startup_timeout, "Orthanc")
         yield Orthanc(url, folder / "orthanc.log")
     finally:
         process.terminate()
