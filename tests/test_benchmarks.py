@@ -4,6 +4,7 @@ write their outputs and the README sections, and the numbers are sane. The numbe
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,3 +90,18 @@ def test_every_trained_method_builds(key):
     settings = TrainSettings("small", (16, 16, 8), 1, 1, 1e-3, (16, 16, 8), {})
     network = build_network(METHODS_BY_KEY[key], settings, num_classes=4)
     assert hasattr(network, "forward_all")
+
+
+def test_metrics_per_class():
+    from benchmarks.metrics import per_class_metrics
+
+    truth = np.zeros((20, 20, 10), np.uint8)
+    truth[2:8, 2:8, 2:6] = 1
+    truth[12:18, 12:18, 2:6] = 2
+    same = per_class_metrics(truth, truth, 2, (1.0, 1.0, 2.0))
+    assert same[1]["dice"] == pytest.approx(1.0) and same[1]["hd95"] == pytest.approx(0.0)
+    missing = per_class_metrics(np.where(truth == 2, 0, truth), truth, 2, (1.0, 1.0, 2.0))
+    assert missing[2]["dice"] == 0.0 and missing[2]["empty"]
+    assert missing[2]["hd95"] == pytest.approx(np.linalg.norm([20.0, 20.0, 20.0]))  # the image diagonal in mm
+    shifted = np.roll(truth, 1, axis=0)
+    assert 0.5 < per_class_metrics(shifted, truth, 2, (1.0, 1.0, 2.0))[1]["dice"] < 1.0
