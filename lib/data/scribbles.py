@@ -24,6 +24,9 @@ class ScribbleSettings:
     keep: float = 0.5  # radius of the kept part, as a fraction of the skeleton's extent
     background: bool = True
     body_threshold: float | None = None  # image value above which a voxel is "body" (for background)
+    # A stroke shorter than this (pixels) gets a straight segment through the structure along its long axis,
+    # as an annotator would draw across a small blob whose skeleton is a dot; 0 = skeleton only (WORD).
+    min_length: int = 0
 
 
 def _stroke(mask2d: np.ndarray, settings: ScribbleSettings, rng: np.random.Generator) -> np.ndarray:
@@ -39,7 +42,29 @@ def _stroke(mask2d: np.ndarray, settings: ScribbleSettings, rng: np.random.Gener
     kept = points[distance <= max(2.0, settings.keep * extent)]
     stroke = np.zeros_like(skeleton)
     stroke[tuple(kept.T)] = True
+    if stroke.sum() < settings.min_length:
+        segment = _segment(eroded, settings.min_length) if eroded.any() else stroke
+        if segment.sum() < settings.min_length:  # the eroded core is too small: across the structure itself
+            segment = _segment(mask2d, settings.min_length)
+        stroke |= segment
     return stroke
+
+
+def _segment(mask2d: np.ndarray, length: int) -> np.ndarray:
+    """The pixels of `mask2d` on a straight segment of `length` pixels through its centroid, along its long axis."""
+    points = np.argwhere(mask2d).astype(float)
+    centre = points.mean(axis=0)
+    direction = np.array([1.0, 0.0])
+    if len(points) > 1:
+        _, vectors = np.linalg.eigh(np.cov(points.T))
+        direction = vectors[:, -1]
+    t = np.linspace(-(length - 1) / 2, (length - 1) / 2, 4 * length)
+    pixels = np.unique(np.rint(centre + t[:, None] * direction).astype(int), axis=0)
+    inside = (pixels >= 0).all(axis=1) & (pixels < mask2d.shape).all(axis=1)
+    pixels = pixels[inside]
+    segment = np.zeros(mask2d.shape, bool)
+    segment[tuple(pixels.T)] = True
+    return segment & mask2d
 
 
 def simulate_scribbles(
@@ -92,12 +117,20 @@ def main(argv=None):
     parser.add_argument("--slice-fraction", type=float, default=ScribbleSettings.slice_fraction)
     parser.add_argument("--keep", type=float, default=ScribbleSettings.keep)
     parser.add_argument("--erosion", type=int, default=ScribbleSettings.erosion)
+    parser.add_argument(
+        "--min-length",
+        type=int,
+        default=ScribbleSettings.min_length,
+        help="strokes shorter than this (pixels) get a segment along the structure's long axis",
+    )
     args = parser.parse_args(argv)
 
     nii = nib.load(args.labels)
     labels = np.asarray(nii.dataobj).astype(np.int64)
     num_classes = args.num_classes or int(labels.max())
-    settings = ScribbleSettings(slice_fraction=args.slice_fraction, keep=args.keep, erosion=args.erosion)
+    settings = ScribbleSettings(
+        slice_fraction=args.slice_fraction, keep=args.keep, erosion=args.erosion, min_length=args.min_length
+    )
     scribbles = simulate_scribbles(labels, num_classes, args.seed, settings)
     nib.save(nib.Nifti1Image(scribbles, nii.affine), args.out)
     counts = {int(v): int(n) for v, n in zip(*np.unique(scribbles, return_counts=True), strict=True) if v}
