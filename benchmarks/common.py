@@ -14,7 +14,7 @@ import torch
 from monai.networks.nets import SegResNet, UNet
 from torch import nn
 
-from lib.networks.cmfnet import CmFNetOutput
+from lib.networks.cmfnet import INSTANCE_NORM, CmFNetOutput
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -58,12 +58,13 @@ def parameter_count(network: nn.Module) -> int:
 
 
 def matched_unet(target_parameters: int, in_channels: int, out_channels: int, depth: int = 4) -> UNet:
-    """A MONAI UNet (2 residual units per level, instance norm, stride 2) whose width is chosen so that its
-    parameter count is the closest to `target_parameters`; `depth` levels, so sizes divisible by 2**(depth-1)."""
+    """A MONAI UNet (2 residual units per level, stride 2) whose width is chosen so that its parameter count
+    is the closest to `target_parameters`; `depth` levels, so sizes divisible by 2**(depth-1). Its norm is
+    CmFNet's (instance norm with affine parameters), so the comparison is of the architectures alone."""
 
     def build(base: int) -> UNet:
         channels = tuple(base * 2**level for level in range(depth))
-        return UNet(3, in_channels, out_channels, channels, (2,) * (depth - 1), num_res_units=2, norm="instance")
+        return UNet(3, in_channels, out_channels, channels, (2,) * (depth - 1), num_res_units=2, norm=INSTANCE_NORM)
 
     return _closest(build, range(2, 129, 2), target_parameters)
 
