@@ -1,18 +1,24 @@
-"""MONAI Label's local datastore with the checks and scribble handling this app needs.
+"""The checks and scribble handling this app needs, on MONAI Label's datastores.
 
-- Unknown image ids are a 404, not an empty path that fails later.
-- `PUT /datastore/image?image=ID` with params `{"modality": "mr"}` stores the upload as the MR
-  companion of case ID (`<studies>/mr/ID.<ext>`), not as a new case.
-- Uploaded images and labels are read and checked before anything is stored, so a corrupt
-  or mismatched upload never replaces good data: a label must have the image's shape and
-  affine, and values in 0..K (`final`) or 0..K+1 (`scribbles`).
+:class:`ScribbleStore` (for the local datastore here and the DICOMweb one in lib.dicomweb):
+
+- Uploaded labels are read and checked before anything is stored, so a corrupt or mismatched
+  upload never replaces good data: a label must have the image's shape and affine, and values
+  in 0..K (`final`) or 0..K+1 (`scribbles`). OHIF's raw `.bin` masks are read on the image's grid.
 - Scribbles are merged into what is stored (new strokes win where they overlap), never
   silently replaced; `{"replace": true}` in the save params replaces them on purpose.
 - A label sent as `final` that holds background strokes (K+1, as OHIF can send) is stored
   as scribbles: a mask with strokes in it is not dense supervision.
+
+:class:`CmfnetDatastore` (local folders) also:
+
+- answers unknown image ids with a 404, not an empty path that fails later;
+- reads uploaded images before storing them, and with params `{"modality": "mr"}` stores
+  `PUT /datastore/image?image=ID` as the MR companion of case ID (`<studies>/mr/ID.<ext>`).
 """
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -22,6 +28,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from monailabel.datastore.local import LocalDatastore
+from monailabel.datastore.utils.convert import binary_to_image
 
 from lib.errors import InvalidInput, NotFound
 from lib.labels import LabelSet
@@ -34,38 +41,18 @@ SCRIBBLES_TAG = "scribbles"
 AFFINE_TOLERANCE = 1e-2
 
 
-class CmfnetDatastore(LocalDatastore):
-    def __init__(self, datastore_path: str, labels: LabelSet, companions: list[str], **kwargs):
-        self.label_set = labels
-        self.companions = companions
-        self._merge_lock = threading.Lock()
-        super().__init__(datastore_path, **kwargs)
+class ScribbleStore:
+    """Label checks and scribble merging for a MONAI Label datastore class (put it first in the bases)."""
 
-    def get_image_uri(self, image_id: str) -> str:
-        uri = super().get_image_uri(image_id)
-        if not uri:
-            raise NotFound(f"no image '{image_id}' in the datastore")
-        return uri
+    label_set: LabelSet
+
+    def _init_scribble_store(self, labels: LabelSet, companions: list[str]) -> None:
+        self.label_set = labels
+        self.companions = list(companions)
+        self._merge_lock = threading.Lock()
 
     def has_image(self, image_id: str) -> bool:
-        return bool(super().get_image_uri(image_id))
-
-    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        """A new case image; with `{"modality": "mr"}` in the params, the companion of case `image_id`."""
-        image_info = dict(image_info or {})
-        modality = image_info.pop("modality", None)
-        load_volume(image_filename, f"uploaded image '{image_id}'")
-        if modality is None:
-            return super().add_image(image_id, image_filename, image_info)
-        if modality not in self.companions:
-            raise InvalidInput(f"unknown companion modality {modality!r}; this server's are {self.companions}")
-        if not image_id:
-            raise InvalidInput("a companion upload needs the case id (?image=ID)")
-        folder = Path(self._datastore.image_path()) / modality
-        folder.mkdir(exist_ok=True)
-        extension = "".join(Path(image_filename).suffixes)
-        shutil.copy(image_filename, folder / f"{image_id}{extension}")
-        return image_id
+        return image_id in self.list_images()
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
         label_info = dict(label_info or {})
@@ -86,7 +73,10 @@ class CmfnetDatastore(LocalDatastore):
 
     def read_label(self, image_id: str, label_filename: str) -> np.ndarray:
         """A label file's values (int64), checked to lie on the image's grid."""
-        reference = load_volume(self.get_image_uri(image_id), f"image '{image_id}'")
+        image_uri = self.get_image_uri(image_id)
+        if label_filename.endswith(".bin"):
+            return self._read_binary_label(image_id, image_uri, label_filename)
+        reference = load_volume(image_uri, f"image '{image_id}'")
         label = load_volume(label_filename, f"label for '{image_id}'")
         _check_geometry(image_id, label, reference)
         return np.rint(label[0].numpy()).astype(np.int64)
@@ -121,6 +111,47 @@ class CmfnetDatastore(LocalDatastore):
             path = Path(folder) / f"{image_id}.nii.gz"
             nib.save(nib.Nifti1Image(values.astype(np.uint8), affine), path)
             return super().save_label(image_id, str(path), tag, label_info)
+
+    @staticmethod
+    def _read_binary_label(image_id: str, image_uri: str, label_filename: str) -> np.ndarray:
+        """OHIF's raw uint8 mask (the image's voxels in Fortran order), by MONAI Label's own converter."""
+        try:
+            converted = binary_to_image(image_uri, label_filename)
+        except ValueError as error:  # the byte count does not match the image's voxel count
+            raise InvalidInput(f"binary label for '{image_id}' does not fit the image: {error}") from None
+        try:
+            return np.rint(load_volume(converted, f"label for '{image_id}'")[0].numpy()).astype(np.int64)
+        finally:
+            os.unlink(converted)
+
+
+class CmfnetDatastore(ScribbleStore, LocalDatastore):
+    def __init__(self, datastore_path: str, labels: LabelSet, companions: list[str], **kwargs):
+        self._init_scribble_store(labels, companions)
+        super().__init__(datastore_path, **kwargs)
+
+    def get_image_uri(self, image_id: str) -> str:
+        uri = super().get_image_uri(image_id)
+        if not uri:
+            raise NotFound(f"no image '{image_id}' in the datastore")
+        return uri
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """A new case image; with `{"modality": "mr"}` in the params, the companion of case `image_id`."""
+        image_info = dict(image_info or {})
+        modality = image_info.pop("modality", None)
+        load_volume(image_filename, f"uploaded image '{image_id}'")
+        if modality is None:
+            return super().add_image(image_id, image_filename, image_info)
+        if modality not in self.companions:
+            raise InvalidInput(f"unknown companion modality {modality!r}; this server's are {self.companions}")
+        if not image_id:
+            raise InvalidInput("a companion upload needs the case id (?image=ID)")
+        folder = Path(self._datastore.image_path()) / modality
+        folder.mkdir(exist_ok=True)
+        extension = "".join(Path(image_filename).suffixes)
+        shutil.copy(image_filename, folder / f"{image_id}{extension}")
+        return image_id
 
 
 def _check_geometry(image_id: str, label, reference) -> None:

@@ -10,6 +10,9 @@ import numpy as np
 import pydicom
 import pytest
 from dicomweb_client import DICOMwebClient
+from monai.transforms import LoadImage
+from monailabel.client import MONAILabelClient
+from monailabel.transform.writer import write_itk
 
 from lib.data.dicom_export import Study, export_phantom, stow, write_series
 from lib.data.phantoms import DEMO_LABELS, make_case
@@ -159,6 +162,72 @@ def test_final_label_is_stored_in_the_pacs_as_dicom_seg(server, pacs, tmp_path):
     [seg] = DICOMwebClient(orthanc.dicomweb).retrieve_series(case["StudyInstanceUID"], seg_uid)
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["spleen", "tumour"]
     np.testing.assert_array_equal(seg_volume(seg, ct_files(case)), truth)
+
+
+def slicer_scribbles(server, ct_uid: str, tmp_path, segments: dict[str, np.ndarray], selected: str):
+    """A scribbles request as 3D Slicer sends it for a PACS series; the returned mask."""
+    affine = nib.load(server.cache / f"{ct_uid}.nii.gz").affine
+    labelmap = np.zeros(next(iter(segments.values())).shape, np.uint8)
+    for index, mask in enumerate(segments.values(), start=1):
+        labelmap[mask] = index
+    path = str(tmp_path / f"scribbles_{selected}.nrrd")
+    write_itk(labelmap, path, affine, np.uint8, compress=True)
+    label_info = [{"name": name, "id": i} for i, name in enumerate(segments, start=1)]
+    params = {"label_info": label_info, "selected_label_name": selected, "roi": [], "result_extension": ".nrrd"}
+    result_file, result = MONAILabelClient(server.url, tmpdir=str(tmp_path)).infer(
+        "cmfnet_scribbles", ct_uid, params, label_in=path
+    )
+    assert result["strokes_stored"] is True
+    return np.asarray(LoadImage(image_only=True)(result_file))
+
+
+def test_scribbles_on_a_pacs_series_are_merged_in_the_cache_and_honoured(server, pacs, tmp_path):
+    _, cases, _ = pacs
+    ct_uid = cases["case_001"]["CT"]
+    server.http.get("/datastore/image", params={"image": ct_uid})  # fetched and converted into the cache
+    truth = make_case(1).truth
+    background = len(DEMO_LABELS) + 1
+    liver, spleen = np.zeros(truth.shape, bool), np.zeros(truth.shape, bool)
+    liver[tuple(np.argwhere(truth == DEMO_LABELS["liver"])[:40].T)] = True
+    spleen[tuple(np.argwhere(truth == DEMO_LABELS["spleen"])[:40].T)] = True
+    air = np.zeros(truth.shape, bool)
+    air[:6, :6, :] = True
+
+    mask = slicer_scribbles(
+        server, ct_uid, tmp_path, {"foreground_scribbles": liver, "background_scribbles": air}, "liver"
+    )
+    assert mask.shape == truth.shape and mask[liver].all() and not mask[air].any()
+    slicer_scribbles(server, ct_uid, tmp_path, {"foreground_scribbles": spleen}, "spleen")
+
+    stored = np.asarray(nib.load(server.cache / "labels" / "scribbles" / f"{ct_uid}.nii.gz").dataobj)
+    expected = np.zeros(truth.shape, np.uint8)
+    expected[air], expected[liver], expected[spleen] = background, DEMO_LABELS["liver"], DEMO_LABELS["spleen"]
+    np.testing.assert_array_equal(stored, expected)  # both requests' strokes, none in the PACS
+
+
+def test_ohif_binary_label_with_background_strokes_stays_out_of_the_pacs(server, pacs):
+    orthanc, cases, _ = pacs
+    ct_uid = cases["case_001"]["CT"]
+    seg_series_before = len(orthanc.series(Modality="SEG"))
+    stored_before = np.asarray(nib.load(server.cache / "labels" / "scribbles" / f"{ct_uid}.nii.gz").dataobj)
+    strokes = np.zeros(make_case(1).truth.shape, np.uint8)
+    strokes[40:50, 40, 20] = DEMO_LABELS["tumour"]
+    strokes[0, 0:10, 0] = len(DEMO_LABELS) + 1
+    # OHIF sends the voxels as raw bytes in the image's (Fortran) order
+    response = server.http.put(
+        "/datastore/label",
+        params={"image": ct_uid, "tag": "final"},
+        files={"label": ("label.bin", strokes.tobytes(order="F"))},
+    )
+    assert response.status_code == 200, response.text
+    assert len(orthanc.series(Modality="SEG")) == seg_series_before
+    stored = np.asarray(nib.load(server.cache / "labels" / "scribbles" / f"{ct_uid}.nii.gz").dataobj)
+    np.testing.assert_array_equal(stored, np.where(strokes > 0, strokes, stored_before))
+
+    wrong_size = server.http.put(
+        "/datastore/label", params={"image": ct_uid, "tag": "final"}, files={"label": ("label.bin", b"\x01" * 10)}
+    )
+    assert wrong_size.status_code == 422 and "does not fit the image" in wrong_size.json()["detail"]
 
 
 def test_batch_inference_over_the_pacs_labels_every_ct_series(server, pacs):

@@ -15,8 +15,10 @@ and resamples it onto the CT grid exactly as it does a local companion. A refere
 no companion series is served without it (the result says so). Delete the cache folder
 to fetch again after the PACS changed.
 
-Results: `save_label` with tag `final` stores a DICOM SEG in the PACS (MONAI Label's own
-path, written by dcmqi); segment names come from the app's labels when the client sends none.
+Labels are checked and scribbles merged as in the local datastore (lib.datastore.ScribbleStore);
+`scribbles` stay in the cache folder (`<cache>/labels/scribbles/`), not in the PACS. A `final`
+label is stored in the PACS as a DICOM SEG (MONAI Label's own path, written by dcmqi); segment
+names come from the app's labels when the client sends none.
 """
 
 import logging
@@ -37,25 +39,24 @@ from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
+from lib.datastore import ScribbleStore
 from lib.dicomweb.dcmqi import use_packaged_dcmqi
 from lib.errors import InvalidInput, NotFound
 from lib.labels import LabelSet
-from lib.transforms.modalities import load_volume
 
 logger = logging.getLogger(__name__)
 
 SERIES_FIELDS = ["StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "PatientID"]
 
 
-class CmfnetDicomWebDatastore(DICOMWebDatastore):
+class CmfnetDicomWebDatastore(ScribbleStore, DICOMWebDatastore):
     def __init__(self, client: DICOMwebClient, labels: LabelSet, companions: list[str], **kwargs):
         if not kwargs.get("convert_to_nifti", True):
             raise ValueError(
                 "MONAI_LABEL_DICOMWEB_CONVERT_TO_NIFTI=false is not supported: CmFNet reads the reference "
                 "series and its companions as NIfTI files in the cache"
             )
-        self.label_set = labels
-        self.companions = list(companions)
+        self._init_scribble_store(labels, companions)
         super().__init__(client=client, **kwargs)
 
     def get_image_uri(self, image_id: str) -> str:
@@ -80,19 +81,15 @@ class CmfnetDicomWebDatastore(DICOMWebDatastore):
             return LocalDatastore.get_label_uri(self, label_id, label_tag)
         return super().get_label_uri(label_id, label_tag, image_id)
 
-    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any], **kwargs):
-        label_info = dict(label_info or {})
-        named = bool(label_info.get("label_info"))
-        # a raw `.bin` mask (OHIF) is converted by MONAI Label below; only image files can be read here
-        if label_tag == DefaultLabelTag.FINAL and not named and not label_filename.endswith(".bin"):
-            label_info["label_info"] = self.segment_info(label_filename)
-        return super().save_label(image_id, label_filename, label_tag, label_info, **kwargs)
+    def _write_label(self, image_id: str, values: np.ndarray, tag: str, label_info: dict[str, Any]) -> str:
+        if tag == DefaultLabelTag.FINAL and not label_info.get("label_info"):
+            label_info = {**label_info, "label_info": self.segment_info(values)}
+        return super()._write_label(image_id, values, tag, label_info)
 
-    def segment_info(self, label_filename: str) -> list[dict[str, str]]:
+    def segment_info(self, values: np.ndarray) -> list[dict[str, str]]:
         """Names for MONAI Label's DICOM SEG writer: one per label value present, in increasing order."""
-        values = np.unique(np.rint(load_volume(label_filename, "label").numpy()).astype(np.int64))
         names = {i: name for name, i in self.label_set.classes.items()}
-        return [{"name": names.get(int(v), f"label {v}")} for v in values if v != 0]
+        return [{"name": names.get(int(v), f"label {v}")} for v in np.unique(values) if v != 0]
 
     def _series(self, filters: dict[str, Any]) -> list[Dataset]:
         found = self._client.search_for_series(search_filters=filters, fields=SERIES_FIELDS)
