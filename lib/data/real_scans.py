@@ -27,6 +27,7 @@ lib.transforms.modalities does) it has data everywhere the CT has.
 import argparse
 import fnmatch
 import json
+import os
 import time
 from pathlib import Path
 
@@ -39,8 +40,10 @@ from lib.data.cases import write_case
 from lib.data.phantoms import PhantomCase, grid_affine, world_coordinates
 from lib.data.scribbles import ScribbleSettings, annotated_fraction, simulate_scribbles
 
-# ../shared/data relative to the project root (the folder above lib/)
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+# ../shared/data relative to the project root (the folder above lib/), or $CMFNET_SHARED_DATA
+SHARED_DATA = Path(
+    os.environ.get("CMFNET_SHARED_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data"
+)
 ABDOMEN_CT = SHARED_DATA / "abdomen_ct"
 
 # our class -> the TotalSegmentator structures it is made of (names as in labels.json)
