@@ -143,3 +143,10 @@ def demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     write_demo(root, cases=3, scribbled=2, final=0, seed=0)
     return root
+
+
+def copy_of_demo(demo: Path, tmp_path_factory, name: str) -> Path:
+    """A test module's own copy of the demo datastore's studies folder (its tests change what is stored)."""
+    studies = tmp_path_factory.mktemp(name) / "studies"
+    shutil.copytree(demo / "studies", studies)
+    return studies

@@ -1,7 +1,6 @@
 """The app end to end over HTTP: info, infer, train from scribbles, publish, MONAILabelClient."""
 
 import hashlib
-import shutil
 import time
 
 import nibabel as nib
@@ -11,13 +10,12 @@ from monailabel.client import MONAILabelClient
 
 from lib.data.phantoms import DEMO_LABELS
 from lib.data.scribbles import simulate_scribbles
-from tests.conftest import FAST_TRAIN, running_server
+from tests.conftest import FAST_TRAIN, copy_of_demo, running_server
 
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    studies = tmp_path_factory.mktemp("app") / "studies"
-    shutil.copytree(demo / "studies", studies)
+    studies = copy_of_demo(demo, tmp_path_factory, "app")
     with running_server(studies.parent, studies, {"auto_train": "false"}) as server:
         yield server
 

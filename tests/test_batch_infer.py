@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lib.data.phantoms import DEMO_LABELS
-from tests.conftest import publish_untrained_model, running_server
+from tests.conftest import copy_of_demo, publish_untrained_model, running_server
 
 CASES = ["case_000", "case_001", "case_002"]
 BROKEN = "case_broken"  # a readable CT whose MR companion is not an image
@@ -16,8 +16,7 @@ BROKEN = "case_broken"  # a readable CT whose MR companion is not an image
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    studies = tmp_path_factory.mktemp("batch") / "studies"
-    shutil.copytree(demo / "studies", studies)
+    studies = copy_of_demo(demo, tmp_path_factory, "batch")
     shutil.copy(studies / "case_002.nii.gz", studies / f"{BROKEN}.nii.gz")
     (studies / "mr" / f"{BROKEN}.nii.gz").write_bytes(b"not a NIfTI file")
     with running_server(studies.parent, studies, conf={"auto_train": "false"}) as server:

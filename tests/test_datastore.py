@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 
 from lib.data.phantoms import DEMO_LABELS
-from tests.conftest import publish_untrained_model, running_server
+from tests.conftest import copy_of_demo, publish_untrained_model, running_server
 
 K = len(DEMO_LABELS)
 
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    studies = tmp_path_factory.mktemp("bad") / "studies"
-    shutil.copytree(demo / "studies", studies)
+    studies = copy_of_demo(demo, tmp_path_factory, "bad")
     with running_server(studies.parent, studies, {"auto_train": "false"}) as server:
         yield server
 

@@ -12,7 +12,7 @@ from monailabel.transform.writer import write_itk
 
 from lib.data.phantoms import DEMO_LABELS
 from lib.data.scribbles import ScribbleSettings, simulate_scribbles
-from tests.conftest import running_server
+from tests.conftest import copy_of_demo, running_server
 
 K = len(DEMO_LABELS)
 BACKGROUND = K + 1
@@ -22,8 +22,7 @@ CASE = "case_002"
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
     """Auto-training on (1 epoch per run, 1 s delay); the datastore starts without any scribbles."""
-    studies = tmp_path_factory.mktemp("loop") / "studies"
-    shutil.copytree(demo / "studies", studies)
+    studies = copy_of_demo(demo, tmp_path_factory, "loop")
     shutil.rmtree(studies / "labels" / "scribbles")
     conf = {"auto_train": "true", "auto_train_delay": "1", "auto_train_epochs": "1"}
     with running_server(studies.parent, studies, conf) as server:
