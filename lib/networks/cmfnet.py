@@ -13,8 +13,9 @@ Only the paper's abstract is available, so every architectural choice below is o
 The blocks are MONAI's DynUNet blocks (``UnetResBlock``, ``UnetUpBlock``, ``UnetOutBlock``) with
 instance normalization, which keeps every sample independent of the others in a batch. Its affine
 scale and shift are on (MONAI's "instance" leaves them off): without them, every channel of every
-block is forced to zero mean over the patch, and in our phantom runs the network never learned the
-spleen or the tumour, even from dense labels (mean Dice 0.45 vs 0.79 with them, 400 iterations).
+block is forced to zero mean over the patch, and the network never learned the spleen or the tumour,
+even from dense labels (`python -m benchmarks.accuracy`, phantoms, full supervision: mean Dice 0.425
+without them, 0.766 with them).
 """
 
 from __future__ import annotations
