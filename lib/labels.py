@@ -14,6 +14,8 @@ import numpy as np
 from lib.errors import InvalidInput
 
 IGNORE = -1
+# The demo phantoms' classes (lib.data.phantoms), the server's default label map
+DEMO_LABELS = {"liver": 1, "spleen": 2, "bone": 3, "tumour": 4}
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,8 @@ class LabelSet:
             raise ValueError(f"class ids must be exactly 1..K, got {ids} for {self.classes}")
 
     @classmethod
-    def parse(cls, value: "str | dict[str, int] | None", default: dict[str, int]) -> "LabelSet":
-        """From a `--conf labels` value: JSON text like '{"liver":1,"spleen":2}', a dict, or None."""
-        if value is None or value == "":
-            return cls(dict(default))
+    def parse(cls, value: "str | dict[str, int]") -> "LabelSet":
+        """From a `--conf labels` value: JSON text like '{"liver":1,"spleen":2}', or a dict."""
         if isinstance(value, str):
             try:
                 value = json.loads(value)

@@ -2,7 +2,8 @@
 
 `request()` marks new annotations. A background thread starts a training run once the
 marks are `delay` seconds old and no run is going; marks that arrive during a run start
-exactly one more run after it, never a growing queue. Runs go through MONAI Label's own
+exactly one more run after it, never a growing queue. A mark is also kept in a file until its
+run has started, so a retrain queued when the server stops is started after a restart. Runs go through MONAI Label's own
 background train task (a subprocess), so inference keeps answering, `/train` shows them
 and `DELETE /train` stops them.
 """
@@ -10,6 +11,7 @@ and `DELETE /train` stops them.
 import logging
 import threading
 import time
+from pathlib import Path
 
 from monailabel.utils.async_tasks.task import AsyncTask
 from monailabel.utils.async_tasks.utils import tasks
@@ -24,19 +26,26 @@ def training_in_progress() -> bool:
 
 
 class AutoRetrainer:
-    def __init__(self, model: str, delay: float, params: dict):
+    def __init__(self, model: str, delay: float, params: dict, marker: Path):
         self.model = model
         self.delay = delay
         self.params = params
+        self.marker = Path(marker)
         self._pending_since: float | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+
+    def pending(self) -> bool:
+        """True when a retrain was asked for and has not started (also across a restart)."""
+        return self.marker.exists()
 
     def request(self) -> None:
         """New annotations: train on them soon."""
         with self._lock:
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
+                self.marker.parent.mkdir(parents=True, exist_ok=True)
+                self.marker.touch()
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="auto-retrain", daemon=True)
                 self._thread.start()
@@ -49,6 +58,7 @@ class AutoRetrainer:
                 if not due or training_in_progress():
                     continue
                 self._pending_since = None
+                self.marker.unlink(missing_ok=True)
             logger.info(f"New annotations: starting a {self.model} training run {self.params}")
             try:
                 task, detail = AsyncTask.run("train", request={"model": self.model}, params=dict(self.params))

@@ -1,14 +1,27 @@
-"""What a CmFNet training run is made of, shared by the MONAI Label train task and the benchmarks:
-the data pipeline (targets, held-out strokes, stroke-centred patches, augmentation) and one
-optimisation step (modality dropout, forward through every path, hybrid loss)."""
+"""The one training recipe, used by the server's train task and by the benchmarks (through that task).
+
+- **Data**: each case's modalities and label on the plan's working grid, strokes held out for
+  validation (one in five 8^3 blocks), the remaining strokes propagated into pseudo labels with
+  confidences; all of that is deterministic and cached. Then, per step, `batch_size` patches
+  centred class by class on the pseudo labels (on the strokes without propagation), mild
+  rotation/scaling and per-channel intensity changes. No mirroring: left and right organs are
+  different classes.
+- **Step** (:func:`hybrid_step`): companion-modality dropout (the reference is never dropped),
+  every path of the network, the hybrid loss (lib.losses.hybrid).
+- **Schedule**: AdamW; the learning rate decays polynomially with the run's progress, which is
+  the larger of steps done / `max_steps` and time used / `max_minutes`, so a run bounded by time
+  still ends at a low rate.
+"""
+
+from __future__ import annotations
+
+import math
 
 import torch
 from monai.transforms import (
-    EnsureChannelFirstd,
-    LoadImaged,
+    RandAffined,
     RandCropByLabelClassesd,
-    RandFlipd,
-    RandRotate90d,
+    RandGaussianNoised,
     RandScaleIntensityd,
     RandShiftIntensityd,
     SpatialPadd,
@@ -17,46 +30,56 @@ from monai.transforms import (
 from lib.labels import IGNORE
 from lib.losses.hybrid import HybridLoss
 from lib.networks.cmfnet import CmFNetOutput, random_modality_mask
+from lib.planning import Plan
+from lib.transforms.grid import voxel_spacing
 from lib.transforms.modalities import LoadModalitiesd
-from lib.transforms.targets import HoldOutStrokesd, LabelToTargetd
+from lib.transforms.targets import HoldOutStrokesd, LoadTargetd, PropagateStrokesd
 
-SPATIAL_KEYS = ["image", "label", "valid"]
+SPATIAL_KEYS = ["image", "label", "pseudo", "confidence"]
+POLY_EXPONENT = 0.9  # nnU-Net's learning-rate decay
 
 
-def loading_transforms(modalities: list[str], num_classes: int) -> list:
-    """`{"image": reference path, "label": label path, "dense": bool}` -> image (M, ...), target, valid."""
+def loading_transforms(plan: Plan, modalities: list[str], num_classes: int) -> list:
+    """`{"image": reference path, "label": label path, "dense": bool}` -> image (M, ...) and target, working grid."""
+    return [LoadModalitiesd(modalities, spacing=plan.spacing), LoadTargetd(num_classes)]
+
+
+def cached_training_transforms(plan: Plan, modalities: list[str], num_classes: int, propagation: bool) -> list:
+    """The deterministic part of the training data: loading, held-out strokes removed, pseudo labels."""
     return [
-        LoadModalitiesd(modalities),
-        LoadImaged(keys="label", image_only=True),
-        EnsureChannelFirstd(keys="label", channel_dim="no_channel"),
-        LabelToTargetd(num_classes),
+        *loading_transforms(plan, modalities, num_classes),
+        HoldOutStrokesd("train"),
+        PropagateStrokesd(num_classes, modalities[0], enabled=propagation),
     ]
 
 
-def training_transforms(
-    modalities: list[str], num_classes: int, patch_size: tuple[int, int, int], num_samples: int, hold_out: bool = True
-) -> list:
-    """Loading, then `num_samples` augmented patches per case, each centred on an annotated voxel."""
+def random_training_transforms(plan: Plan, num_classes: int, batch_size: int) -> list:
+    """`batch_size` patches of one case and their augmentation, drawn anew at every step."""
+    patch = plan.patch_size
     return [
-        *loading_transforms(modalities, num_classes),
-        *([HoldOutStrokesd("train")] if hold_out else []),
-        SpatialPadd(keys=["image", "valid"], spatial_size=patch_size),
-        SpatialPadd(keys="label", spatial_size=patch_size, value=IGNORE),
-        # patch centres drawn class by class from the annotated voxels: every patch holds strokes
+        SpatialPadd(keys="image", spatial_size=patch, mode="edge"),
+        SpatialPadd(keys=["label", "pseudo"], spatial_size=patch, value=IGNORE),
+        SpatialPadd(keys="confidence", spatial_size=patch, value=0),
+        # patch centres class by class: every class is seen, however small
         RandCropByLabelClassesd(
             keys=SPATIAL_KEYS,
-            label_key="label",
-            spatial_size=patch_size,
+            label_key="pseudo",
+            spatial_size=patch,
             num_classes=num_classes + 1,
-            num_samples=num_samples,
+            num_samples=batch_size,
             warn=False,
         ),
-        # the same spatial augmentation for every modality, the target and the valid mask
-        RandFlipd(keys=SPATIAL_KEYS, prob=0.5, spatial_axis=0),
-        RandFlipd(keys=SPATIAL_KEYS, prob=0.5, spatial_axis=1),
-        RandRotate90d(keys=SPATIAL_KEYS, prob=0.5, spatial_axes=(0, 1)),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+        RandAffined(
+            keys=SPATIAL_KEYS,
+            prob=0.2,
+            rotate_range=(0.17, 0.17, 0.17),
+            scale_range=(0.1, 0.1, 0.1),
+            mode=("bilinear", "nearest", "nearest", "bilinear"),
+            padding_mode="border",
+        ),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5, channel_wise=True),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5, channel_wise=True),
+        RandGaussianNoised(keys="image", prob=0.15, std=0.05),
     ]
 
 
@@ -69,38 +92,47 @@ def hybrid_step(
     modality_dropout: float,
     device: torch.device,
 ) -> tuple[CmFNetOutput, torch.Tensor, dict[str, float]]:
-    """One optimisation step on a collated batch of `training_transforms` output."""
+    """One optimisation step on a collated batch of training patches."""
     image = batch["image"].to(device)
-    target = batch["label"].to(device)
     present = with_dropout(batch["present"].to(device), modality_dropout)
     network.train()
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, enabled=device.type == "cuda"):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         output = network.forward_all(image, present)
-        loss, terms = loss_function(
-            output,
-            image,
-            target,
-            dense=batch["dense"].to(device),
-            step=step,
-            spacing=voxel_spacing(image),
-            valid=batch["valid"].to(device),
-        )
+    output = CmFNetOutput(
+        fused=output.fused.float(),
+        per_modality=[p.float() for p in output.per_modality],
+        features=[f.float() for f in output.features],
+        present=output.present,
+    )
+    loss, terms = loss_function(
+        output,
+        image.float(),
+        batch["label"].to(device),
+        dense=batch["dense"].to(device),
+        step=step,
+        spacing=voxel_spacing(image.affine) if hasattr(image, "affine") else (1.0, 1.0, 1.0),
+        pseudo=batch["pseudo"].to(device),
+        confidence=batch["confidence"].to(device),
+    )
     loss.backward()
     optimizer.step()
     return output, loss, terms
 
 
 def with_dropout(present: torch.Tensor, p_drop: float) -> torch.Tensor:
-    """Modality dropout on top of the data's own presence; a sample never loses all modalities."""
-    dropped = present & random_modality_mask(present.shape[0], present.shape[1], p_drop).to(present.device)
-    return torch.where(dropped.any(dim=1, keepdim=True), dropped, present)
+    """Companion-modality dropout on top of the data's own presence; the reference (first) modality is
+    never dropped: the server always has it."""
+    keep = random_modality_mask(present.shape[0], present.shape[1], p_drop).to(present.device)
+    keep[:, 0] = True
+    return present & keep
 
 
-def voxel_spacing(image) -> tuple[float, float, float]:
-    """Voxel size in mm from the batch's (augmented) affine; 1 mm when the image has none."""
-    affine = getattr(image, "affine", None)
-    if affine is None:
-        return (1.0, 1.0, 1.0)
-    affine = affine[0] if affine.ndim == 3 else affine
-    return tuple(float(s) for s in torch.linalg.norm(affine[:3, :3].float(), dim=0))
+def poly_learning_rate(peak: float, progress: float) -> float:
+    """nnU-Net's polynomial decay: peak * (1 - progress) ** 0.9, progress in [0, 1]."""
+    return peak * (1.0 - min(max(progress, 0.0), 1.0)) ** POLY_EXPONENT
+
+
+def run_progress(step: int, max_steps: int, elapsed: float, max_seconds: float) -> float:
+    """How far a run is, 0..1: by steps or by time, whichever is further."""
+    return max(step / max_steps, elapsed / max_seconds if math.isfinite(max_seconds) else 0.0)

@@ -15,16 +15,18 @@ from pathlib import Path
 import httpx
 import nibabel as nib
 import pytest
-import torch
 
 from lib.data.demo import write_demo
-from lib.data.phantoms import DEMO_LABELS
-from lib.networks.cmfnet import build_cmfnet
+from lib.data.phantoms import CT_SHAPE, CT_SPACING
+from lib.inference import build_network
+from lib.labels import DEMO_LABELS
+from lib.model_files import publish_model
+from lib.planning import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "cmfnet"
-# Short training runs for tests: a few iterations on small patches.
-FAST_TRAIN = {"max_epochs": 2, "num_samples": 2}
+# Short training runs for tests: a few steps, validated twice.
+FAST_TRAIN = {"max_steps": 4, "val_every": 2}
 
 
 def free_port() -> int:
@@ -131,10 +133,9 @@ class Server:
 
 
 def publish_untrained_model(server) -> None:
-    """A real, untrained network as the published model: enough to test geometry and errors."""
-    network = build_cmfnet("small", num_modalities=2, num_classes=len(DEMO_LABELS) + 1)
-    server.model_file.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), server.model_file)
+    """A real, untrained network with the demo's plan as the published model: enough to test geometry and errors."""
+    plan = make_plan([CT_SPACING], [CT_SHAPE], num_modalities=2, num_classes=len(DEMO_LABELS) + 1)
+    publish_model(build_network(plan), plan, server.model_file)
 
 
 @pytest.fixture(scope="session")
@@ -145,8 +146,8 @@ def demo(tmp_path_factory) -> Path:
     return root
 
 
-def copy_of_demo(demo: Path, tmp_path_factory, name: str) -> Path:
-    """A test module's own copy of the demo datastore's studies folder (its tests change what is stored)."""
-    studies = tmp_path_factory.mktemp(name) / "studies"
+def copy_of_demo(demo: Path, folder: Path) -> Path:
+    """A copy of the demo datastore's studies folder in `folder` (tests change what is stored)."""
+    studies = folder / "studies"
     shutil.copytree(demo / "studies", studies)
     return studies

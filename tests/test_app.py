@@ -1,6 +1,7 @@
-"""The app end to end over HTTP: info, infer, train from scribbles, publish, MONAILabelClient."""
+"""The app end to end over HTTP: info, infer, train from scribbles, publish, progress, MONAILabelClient."""
 
 import hashlib
+import json
 import time
 
 import nibabel as nib
@@ -8,14 +9,14 @@ import numpy as np
 import pytest
 from monailabel.client import MONAILabelClient
 
-from lib.data.phantoms import DEMO_LABELS
 from lib.data.scribbles import simulate_scribbles
+from lib.labels import DEMO_LABELS
 from tests.conftest import FAST_TRAIN, copy_of_demo, running_server
 
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    studies = copy_of_demo(demo, tmp_path_factory, "app")
+    studies = copy_of_demo(demo, tmp_path_factory.mktemp("app"))
     with running_server(studies.parent, studies, {"auto_train": "false"}) as server:
         yield server
 
@@ -39,22 +40,51 @@ def test_info_lists_model_labels_and_trainer(server):
     assert info["labels"] == sorted(DEMO_LABELS, key=DEMO_LABELS.get)  # a list: the OHIF panel needs one
 
 
-def test_infer_before_any_training_is_a_clear_409(server):
-    if server.model_file.exists():
-        pytest.fail("this test must run before the first training")
-    response = server.http.post("/infer/cmfnet?image=case_000&output=json")
-    assert response.status_code == 409
-    assert "no trained cmfnet model" in response.json()["detail"]
+def test_infer_before_any_training_is_a_clear_409(demo, tmp_path):
+    studies = copy_of_demo(demo, tmp_path)
+    with running_server(tmp_path, studies, {"auto_train": "false"}) as fresh:
+        response = fresh.http.post("/infer/cmfnet?image=case_000&output=json")
+        assert response.status_code == 409
+        assert "no trained cmfnet model" in response.json()["detail"]
 
 
-def test_training_publishes_a_model_and_reports_progress(trained):
+def test_training_stops_at_its_step_limit_publishes_and_reports(trained):
     server, task = trained
     assert task["status"] == "DONE"
     assert server.model_file.exists()
     stats = server.http.get("/info/").json()["train_stats"]["cmfnet"]
-    assert stats["epoch"] == FAST_TRAIN["max_epochs"]
+    assert stats["status"] == "done"
+    assert stats["step"] == FAST_TRAIN["max_steps"]
     assert 0.0 <= stats["best_metric"] <= 1.0
-    assert stats["eval"]["key_metric_name"] == "val_stroke_accuracy"
+    assert stats["plan"]["num_classes"] == len(DEMO_LABELS) + 1
+    assert json.loads((server.app_dir / "model" / "cmfnet.plan.json").read_text()) == stats["plan"]
+
+
+def test_training_stops_at_its_time_limit(trained):
+    server, _ = trained
+    task = server.train({"max_steps": 100_000, "max_minutes": 0.75, "val_every": 1000})
+    stats = server.http.get("/info/").json()["train_stats"]["cmfnet"]
+    assert task["status"] == "DONE"
+    assert 0 < stats["step"] < 100_000
+    assert stats["elapsed_seconds"] <= 0.75 * 60
+
+
+def test_progress_is_visible_while_a_run_is_going(trained):
+    server, _ = trained
+    task = server.http.post("/train/cmfnet", json={"max_steps": 40, "val_every": 20}).json()
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert time.monotonic() < deadline, "no progress reported"
+            stats = server.http.get("/info/").json()["train_stats"]["cmfnet"]
+            details = next(t for t in server.http.get("/train/", params={"all": True}).json() if t["id"] == task["id"])
+            logged = any("Progress: step" in line for line in details.get("details", []))
+            if stats.get("status") == "running" and stats.get("run_id") and stats["step"] > 0 and logged:
+                break
+            time.sleep(1)
+        assert stats["max_steps"] == 40 and stats["eta_seconds"] >= 0
+    finally:
+        server.wait_for_training(task["id"])
 
 
 def test_infer_returns_label_on_the_ct_grid(trained):
@@ -87,7 +117,7 @@ def test_new_scribbles_and_training_change_checkpoint_and_prediction(trained, de
     stored = nib.load(server.studies / "labels" / "scribbles" / "case_002.nii.gz")
     np.testing.assert_array_equal(np.asarray(stored.dataobj), scribbles)
 
-    server.train()
+    server.train({"pretrained": False})  # from scratch: the first validation is published
     assert checksum(server.model_file) != model_before
     prediction_after = np.asarray(server.infer_label("case_002").dataobj)
     assert (prediction_after != prediction_before).any()
@@ -113,17 +143,15 @@ def test_monailabel_client_flow(trained, tmp_path):
     assert saved["label"] == sample["id"]
     assert (server.studies / "labels" / "final" / f"{sample['id']}.nii.gz").exists()
 
-    model_before = checksum(server.model_file)
-    task = client.train_start("cmfnet", FAST_TRAIN)
+    task = client.train_start("cmfnet", {**FAST_TRAIN, "pretrained": False})
     finished = server.wait_for_training(task["id"])
     assert finished["status"] == "DONE"
-    assert checksum(server.model_file) != model_before
     assert client.train_status()["id"] == task["id"]
 
 
 def test_infer_keeps_answering_while_training_runs(trained):
     server, _ = trained
-    task = server.http.post("/train/cmfnet", json={**FAST_TRAIN, "max_epochs": 4}).json()
+    task = server.http.post("/train/cmfnet", json={"max_steps": 30, "val_every": 30}).json()
     try:
         deadline = time.monotonic() + 60
         while server.http.get("/train/", params={"check_if_running": True}).status_code != 200:

@@ -16,7 +16,7 @@ BROKEN = "case_broken"  # a readable CT whose MR companion is not an image
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    studies = copy_of_demo(demo, tmp_path_factory, "batch")
+    studies = copy_of_demo(demo, tmp_path_factory.mktemp("batch"))
     shutil.copy(studies / "case_002.nii.gz", studies / f"{BROKEN}.nii.gz")
     (studies / "mr" / f"{BROKEN}.nii.gz").write_bytes(b"not a NIfTI file")
     with running_server(studies.parent, studies, conf={"auto_train": "false"}) as server:

@@ -17,7 +17,7 @@ K = len(DEMO_LABELS)
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    studies = copy_of_demo(demo, tmp_path_factory, "bad")
+    studies = copy_of_demo(demo, tmp_path_factory.mktemp("bad"))
     with running_server(studies.parent, studies, {"auto_train": "false"}) as server:
         yield server
 

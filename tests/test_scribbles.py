@@ -21,10 +21,10 @@ CASE = "case_002"
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    """Auto-training on (1 epoch per run, 1 s delay); the datastore starts without any scribbles."""
-    studies = copy_of_demo(demo, tmp_path_factory, "loop")
+    """Auto-training on (4 steps per run, 1 s delay); the datastore starts without any scribbles."""
+    studies = copy_of_demo(demo, tmp_path_factory.mktemp("loop"))
     shutil.rmtree(studies / "labels" / "scribbles")
-    conf = {"auto_train": "true", "auto_train_delay": "1", "auto_train_epochs": "1"}
+    conf = {"auto_train": "true", "auto_train_delay": "1", "max_steps": "4", "val_every": "2"}
     with running_server(studies.parent, studies, conf) as server:
         yield server
 

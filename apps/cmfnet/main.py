@@ -6,7 +6,7 @@ editable mode (`make setup`); see pyproject.toml.
 Besides wiring the models, the app keeps what no client stores: the strokes of a
 scribbles request go into the datastore before the task answers, and any stored
 annotation starts a background training run (`--conf auto_train true|false`,
-`auto_train_delay` seconds, `auto_train_epochs` per run).
+`auto_train_delay` seconds, `auto_train_minutes` per run).
 """
 
 import importlib
@@ -14,13 +14,13 @@ import inspect
 import logging
 import os
 import pkgutil
+from pathlib import Path
 
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.utils.others.generic import strtobool
 
 import lib.configs
 from lib.batch_infer import CmfnetBatchInfer
@@ -63,10 +63,14 @@ class CmFNetLabelApp(MONAILabelApp):
         self.label_set = LabelSet(first.labels)
         self.companions = first.modalities[1:]
         self.retrainers = {}
-        if strtobool(conf.get("auto_train", "true")):
-            budget = {"max_epochs": int(conf.get("auto_train_epochs", 10))}
-            delay = float(conf.get("auto_train_delay", 5))
-            self.retrainers = {name: AutoRetrainer(name, delay, budget) for name in names}
+        if first.settings.auto_train:
+            budget = {"max_minutes": first.settings.auto_train_minutes}
+            self.retrainers = {
+                name: AutoRetrainer(
+                    name, first.settings.auto_train_delay, budget, Path(self.model_dir) / f"{name}.pending"
+                )
+                for name in names
+            }
 
         super().__init__(
             app_dir=app_dir,
@@ -122,10 +126,14 @@ class CmFNetLabelApp(MONAILabelApp):
 
     def on_init_complete(self):
         super().on_init_complete()
-        unpublished = [name for name in self.retrainers if not os.path.exists(self.models[name].path)]
-        if unpublished and self._has_annotations():
-            logger.info(f"Annotations but no published model for {unpublished}: training in the background")
-            for name in unpublished:
+        due = [
+            name
+            for name, retrainer in self.retrainers.items()
+            if retrainer.pending() or (not os.path.exists(self.models[name].path) and self._has_annotations())
+        ]
+        if due:
+            logger.info(f"Annotations not yet learned by {due} (no published model, or a retrain was queued)")
+            for name in due:
                 self.retrainers[name].request()
 
     def _has_annotations(self) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 from scipy.spatial.transform import Rotation
 
-DEMO_LABELS = {"liver": 1, "spleen": 2, "bone": 3, "tumour": 4}
+from lib.labels import DEMO_LABELS
 
 # Tissue -> (CT in HU, MR in arbitrary T2-like units). "soft" is unlabelled soft tissue.
 CONTRAST = {

@@ -1,75 +1,124 @@
-"""The `cmfnet` segmentation task: CT + companion modalities in, a label volume on the CT grid out."""
+"""The `cmfnet` segmentation task: CT + companion modalities in, a label volume on the CT grid out.
+
+The model file carries its plan (lib.model_files): the case is loaded onto the plan's working grid,
+the network runs there with the one sliding-window inferer (lib.inference), and the class scores
+go back to the reference (CT) grid by linear interpolation and argmax (lib.transforms.grid), so the
+result has exactly the CT's shape and affine whatever its spacing or orientation.
+"""
 
 import logging
-import os
-from typing import Any
+import threading
+from pathlib import Path
 
 import torch
-from monai.inferers import Inferer, SlidingWindowInferer
-from monai.transforms import Activationsd, AsDiscreted, SqueezeDimd
+from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib.errors import NotReady
+from lib.inference import build_network, sliding_window_inferer
 from lib.labels import LabelSet
+from lib.model_files import UnreadableModel, heal, read_model
+from lib.planning import Plan
+from lib.transforms.grid import restore_labels
 from lib.transforms.modalities import LoadModalitiesd
 
 logger = logging.getLogger(__name__)
 
+NO_MODEL = (
+    "no trained cmfnet model yet: store scribbles (PUT /datastore/label?tag=scribbles, or the scribbles tool) "
+    "and train (POST /train/cmfnet); the first model is published when it is ready"
+)
+
 
 class CmFNetSegmentation(BasicInferTask):
-    """Sliding-window CmFNet inference on the reference (CT) grid.
-
-    The prediction never leaves the reference grid, so the returned label has exactly the
-    CT's shape and affine. A case without a companion is served by the fused path with
-    that modality absent, and the result JSON says which modalities were used.
-    """
+    """Sliding-window CmFNet inference; a case without a companion is served with that modality absent,
+    and the result JSON says which modalities were used."""
 
     def __init__(
         self,
         path: str,
-        network: torch.nn.Module,
         labels: LabelSet,
         modalities: list[str],
-        roi_size: tuple[int, int, int],
         type: InferType = InferType.SEGMENTATION,
         description: str = "CmFNet cross-modal segmentation",
     ):
         super().__init__(
             path=path,
-            network=network,
+            network=None,
             type=type,
             labels=labels.classes,
             dimension=3,
             description=description,
-            roi_size=roi_size,
-            config={"modalities": modalities, "sw_overlap": 0.25},
+            config={"modalities": modalities},
         )
         self.modalities = modalities
+        self._loaded: dict[str, tuple[torch.nn.Module, Plan, float]] = {}
+        self._lock = threading.Lock()
 
+    def is_valid(self) -> bool:
+        return True  # /info lists the model before the first training; inference then answers 409
+
+    # ---- the published model ----------------------------------------------------------------------
+    def model(self, device: str) -> tuple[torch.nn.Module, Plan]:
+        """The published network and its plan, reloaded when the file changes; 409 when there is none.
+
+        An unreadable file is moved aside and the previous model served (lib.model_files.heal); while a
+        network is in memory, it keeps serving if the new file cannot be read.
+        """
+        path = Path(self.path[-1] if isinstance(self.path, list) else self.path)
+        with self._lock:
+            cached = self._loaded.get(device)
+            for _ in range(2):  # a second look after healing
+                if not path.exists():
+                    if cached:
+                        return cached[0], cached[1]
+                    raise NotReady(NO_MODEL)
+                mtime = path.stat().st_mtime_ns
+                if cached and cached[2] == mtime:
+                    return cached[0], cached[1]
+                try:
+                    state, plan = read_model(path)
+                except UnreadableModel as error:
+                    if heal(path, str(error)):
+                        continue
+                    if cached:
+                        return cached[0], cached[1]
+                    raise NotReady(f"the published model cannot be loaded ({error}); retrain") from None
+                network = build_network(plan)
+                network.load_state_dict(state)
+                network.to(torch.device(device)).eval()
+                self._loaded[device] = (network, plan, mtime)
+                logger.info(f"Loaded model {path.name} ({plan.describe()}) on {device}")
+                return network, plan
+            raise NotReady(NO_MODEL)
+
+    # ---- pipeline ---------------------------------------------------------------------------------
     def pre_transforms(self, data=None):
-        return [LoadModalitiesd(self.modalities)]
+        _, plan = self.model(str(data["device"]))
+        return [LoadModalitiesd(self.modalities, spacing=plan.spacing)]
 
-    def inferer(self, data=None) -> Inferer:
-        # Always a sliding window: it also pads volumes smaller than the window to a valid size.
-        overlap = float(data.get("sw_overlap", 0.25)) if data else 0.25
-        return SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=1, overlap=overlap, mode="gaussian")
+    def inferer(self, data=None):
+        _, plan = self.model(str(data["device"]))
+        return sliding_window_inferer(plan, data["device"])
 
-    def run_inferer(self, data: dict[str, Any], convert_to_batch=True, device="cuda"):
-        network = self._get_network(device, data)
-        image = data[self.input_key][None].to(torch.device(device))
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        """`pred`: class probabilities (K+1, ...) on the working grid."""
+        network, _ = self.model(str(device))
+        image = data["image"].as_tensor()[None].to(torch.device(device))
         present = data["present"].to(torch.device(device))
         with torch.no_grad():
-            data[self.output_label_key] = self.inferer(data)(image, network, present=present)[0]
+            scores = self.inferer(data)(image, network, present=present)[0]
+        data["pred"] = torch.softmax(scores.float(), dim=0).cpu()
         return data
 
     def post_transforms(self, data=None):
-        return [
-            Activationsd(keys="pred", softmax=True),
-            AsDiscreted(keys="pred", argmax=True, dtype=torch.uint8),
-            SqueezeDimd(keys="pred", dim=0),
-            self._describe_modalities,
-        ]
+        return [self._restore, self._describe_modalities]
+
+    def _restore(self, data: dict) -> dict:
+        labels = restore_labels(data["pred"], data["reference_shape"])
+        data["pred"] = MetaTensor(torch.from_numpy(labels), affine=data["reference_affine"])
+        return data
 
     def _describe_modalities(self, data: dict) -> dict:
         present = data["present"].tolist()
@@ -78,24 +127,3 @@ class CmFNetSegmentation(BasicInferTask):
             "modalities_missing": [m for m, p in zip(self.modalities, present, strict=True) if not p],
         }
         return data
-
-    def _get_network(self, device, data):
-        """The published model; a clear 409 when none has been trained yet.
-
-        If the model file changed but cannot be read (say, a copy in progress), the network
-        already in memory keeps serving rather than failing the request.
-        """
-        path = self.get_path()
-        if path is None:
-            raise NotReady(
-                "no trained cmfnet model yet: store scribbles (PUT /datastore/label?tag=scribbles, or the "
-                "scribbles tool) and train (POST /train/cmfnet); the first model is published when it finishes"
-            )
-        try:
-            return super()._get_network(device, data)
-        except Exception as e:
-            cached = self._networks.get(device)
-            if cached is None:
-                raise NotReady(f"the model file {os.path.basename(path)} cannot be loaded ({e}); retrain") from e
-            logger.warning(f"model file {path} unreadable ({e}); serving the previously loaded model")
-            return cached[0]

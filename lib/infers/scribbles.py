@@ -1,10 +1,11 @@
 """The `cmfnet_scribbles` task: an immediate corrected segmentation of one class from strokes.
 
-Its type is `scribbles`, which makes 3D Slicer's MONAI Label module show its Scribbles
-section. The app turns the request's labelmap into stored strokes first
-(lib.scribbles.request); this task answers with a binary mask of the selected class
-(1 = the class), on the reference grid, from the current model's probabilities (when a
-model is published), the strokes and every modality (lib.scribbles.graphcut).
+Its type is `scribbles`, which makes 3D Slicer's MONAI Label module show its Scribbles section.
+The app turns the request's labelmap into stored strokes first (lib.scribbles.request); this task
+answers with a binary mask of the selected class (1 = the class) on the reference grid: the random
+walker from every stored stroke of the case (lib.scribbles.propagation), on the working grid of the
+published model's plan (or of a plan for this image alone before any model exists), multiplied with
+the model's probabilities when a model is published, and every stroke kept as drawn.
 """
 
 import logging
@@ -16,7 +17,10 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from lib.errors import NotReady
 from lib.infers.cmfnet import CmFNetSegmentation
-from lib.scribbles.graphcut import corrected_mask
+from lib.planning import make_plan
+from lib.scribbles.propagation import background_seeds, propagate
+from lib.transforms.grid import resize_strokes, restore_labels, voxel_spacing
+from lib.transforms.modalities import LoadModalitiesd, load_volume
 
 logger = logging.getLogger(__name__)
 
@@ -25,32 +29,49 @@ class CmFNetScribbles(CmFNetSegmentation):
     def __init__(self, **kwargs):
         super().__init__(
             type=InferType.SCRIBBLES,
-            description="Correct one class from scribbles (graph cut on CmFNet probabilities, CT and MR)",
+            description="Correct one class from scribbles (random walker on CT and MR, with CmFNet's probabilities)",
             **kwargs,
         )
 
-    def is_valid(self) -> bool:
-        return True  # works before any model is trained (strokes and intensities alone)
+    def pre_transforms(self, data=None):
+        try:
+            _, plan = self.model(str(data["device"]))
+        except NotReady:
+            reference = load_volume(data["image"], "image")
+            plan = make_plan([voxel_spacing(reference.affine)], [reference.shape[1:]], len(self.modalities), 2)
+        return [LoadModalitiesd(self.modalities, spacing=plan.spacing)]
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
-        selected = int(data["selected_class"])
-        probability = None
+        num_classes = len(self.labels)
+        image = data["image"]
+        strokes = torch.as_tensor(np.asarray(data["strokes"]).astype(np.int64))[None]
+        working_strokes = resize_strokes(strokes, image.shape[1:], num_classes + 1)[0].numpy()
+        air = background_seeds(image[0], self.modalities[0])
+        probabilities = torch.from_numpy(
+            propagate(image.numpy(), working_strokes, num_classes, voxel_spacing(image.affine), air)
+        )
+        data["model_used"] = False
         try:
-            data = super().run_inferer(data, convert_to_batch, device)
-            probability = torch.softmax(data["pred"].float(), dim=0)[selected].cpu().numpy()
+            model_probabilities = super().run_inferer(data, convert_to_batch, device)["pred"]
+            probabilities = probabilities * model_probabilities
+            data["model_used"] = True
         except NotReady as e:
             logger.info(f"scribbles without model probabilities: {e.detail}")
-        image = data["image"]
-        present = data["present"].numpy()
-        spacing = tuple(float(s) for s in torch.linalg.norm(image.affine[:3, :3].float(), dim=0))
-        mask = corrected_mask(image.numpy()[present], np.asarray(data["strokes"]), selected, spacing, probability)
-        mask = _restrict_to_roi(mask, data.get("roi"))
-        data["pred"] = MetaTensor(torch.from_numpy(mask.astype(np.uint8)), meta=image.meta)
-        data["model_used"] = probability is not None
+        data["pred"] = probabilities
         return data
 
     def post_transforms(self, data=None):
-        return [self._describe]
+        return [self._selected_mask, self._describe]
+
+    def _selected_mask(self, data: dict) -> dict:
+        selected = int(data["selected_class"])
+        strokes = np.asarray(data["strokes"])
+        mask = restore_labels(data["pred"], data["reference_shape"]) == selected
+        mask[strokes == selected] = True
+        mask[(strokes > 0) & (strokes != selected)] = False
+        mask = _restrict_to_roi(mask, data.get("roi"))
+        data["pred"] = MetaTensor(torch.from_numpy(mask.astype(np.uint8)), affine=data["reference_affine"])
+        return data
 
     def _describe(self, data: dict) -> dict:
         counts = np.bincount(np.asarray(data["strokes"]).ravel())

@@ -4,18 +4,26 @@ Only the paper's abstract is available, so every architectural choice below is o
 
 - Modality-specific feature learning: one residual encoder per modality (no weight sharing),
   each with its own decoder and 1x1x1 head, giving one prediction per modality.
-- Cross-modal feature learning: at every encoder scale a :class:`ModalityFusion` module weighs the
+- Cross-modal feature learning: at every encoder level a :class:`ModalityFusion` module weighs the
   modality features per modality, channel and voxel and sums them; a fused decoder turns the
   fused features (bottleneck and skips) into the fused prediction, which is what the server serves.
 - Missing modalities: a ``present`` mask removes absent modalities from the fusion, so the fused
   prediction does not depend on what an absent modality's input channel holds.
 
-The blocks are MONAI's DynUNet blocks (``UnetResBlock``, ``UnetUpBlock``, ``UnetOutBlock``) with
-instance normalization, which keeps every sample independent of the others in a batch. Its affine
-scale and shift are on (MONAI's "instance" leaves them off): without them, every channel of every
-block is forced to zero mean over the patch, and the network never learned the spleen or the tumour,
-even from dense labels (`python -m benchmarks.accuracy`, phantoms, full supervision: mean Dice 0.425
-without them, 0.766 with them).
+Cost: the first encoder level already downsamples (by ``strides[0]``, as MONAI's UNet does), and no
+3x3x3 convolution runs at full resolution (on a CPU their backward pass with few channels cost more
+than the rest of the network together). The fused decoder ends with a light full-resolution
+refinement: a transposed convolution back to the input grid, then a per-voxel MLP (1x1x1
+convolutions) of those features and the voxel's own intensities, so edges that the images show at
+full resolution can move the class boundary.
+The per-modality decoders stop at the first level: their predictions are at that resolution, which
+is all the regularizers need. Strides per level may differ per axis (see lib.planning), so
+anisotropic scans keep their few slices.
+
+The blocks are MONAI's DynUNet blocks with instance normalization with affine parameters (a
+per-sample norm, so one sample's absent modality never leaks into another's prediction; without
+the affine parameters every channel is forced to zero mean over the patch and small classes were
+never learned).
 """
 
 from __future__ import annotations
@@ -24,52 +32,51 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock, UnetUpBlock
+import torch.nn.functional as F
+from monai.networks.blocks.dynunet_block import (
+    UnetOutBlock,
+    UnetResBlock,
+    UnetUpBlock,
+    get_conv_layer,
+)
 from torch import Tensor, nn
 
 SPATIAL_DIMS = 3
 INSTANCE_NORM = ("instance", {"affine": True})
 
-PRESETS: dict[str, dict] = {
-    # Trains on a 2-core CPU: 0.35 M parameters per modality branch, 0.85 M in all for CT + MR.
-    "small": {"channels": (8, 16, 32, 64)},
-    # For a GPU: nnU-Net-like widths, five scales (spatial sizes divisible by 16); 42 M for CT + MR.
-    "large": {"channels": (32, 64, 128, 256, 320)},
-}
-
 
 class CmFNetOutput(NamedTuple):
     """Everything the hybrid loss needs from one forward pass."""
 
-    fused: Tensor  # (B, num_classes, D, H, W) logits
-    per_modality: list[Tensor]  # M tensors (B, num_classes, D, H, W) of logits
-    features: list[Tensor]  # M bottleneck features (B, channels[-1], D', H', W')
+    fused: Tensor  # (B, num_classes, D, H, W) logits on the input grid
+    per_modality: list[Tensor]  # M tensors (B, num_classes, D', H', W') of logits at the first level's grid
+    features: list[Tensor]  # M bottleneck features (B, channels[-1], ...)
     present: Tensor  # (B, M) bool: the mask the fusion used
 
 
 class _Encoder(nn.Module):
-    """Residual encoder; stage 0 keeps the resolution, every later stage halves it."""
+    """Residual encoder; level s reduces the size by ``strides[s]``."""
 
-    def __init__(self, channels: Sequence[int], norm_name: str | tuple) -> None:
+    def __init__(self, channels: Sequence[int], strides: Sequence[Sequence[int]], norm_name) -> None:
         super().__init__()
         in_channels = [1, *channels[:-1]]
-        self.stages = nn.ModuleList(
-            UnetResBlock(SPATIAL_DIMS, c_in, c_out, kernel_size=3, stride=1 if s == 0 else 2, norm_name=norm_name)
-            for s, (c_in, c_out) in enumerate(zip(in_channels, channels, strict=True))
+        self.levels = nn.ModuleList(
+            UnetResBlock(SPATIAL_DIMS, c_in, c_out, kernel_size=3, stride=stride, norm_name=norm_name)
+            for c_in, c_out, stride in zip(in_channels, channels, strides, strict=True)
         )
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = []
-        for stage in self.stages:
-            x = stage(x)
+        for level in self.levels:
+            x = level(x)
             features.append(x)
         return features
 
 
 class _Decoder(nn.Module):
-    """U-Net decoder: upsample, concatenate the skip of the same scale, convolve; then a 1x1x1 head."""
+    """U-Net decoder from the deepest level up to level 0 (upsample, concatenate the skip, convolve)."""
 
-    def __init__(self, channels: Sequence[int], num_classes: int, norm_name: str | tuple) -> None:
+    def __init__(self, channels: Sequence[int], strides: Sequence[Sequence[int]], norm_name) -> None:
         super().__init__()
         self.ups = nn.ModuleList(
             UnetUpBlock(
@@ -78,18 +85,17 @@ class _Decoder(nn.Module):
                 channels[s - 1],
                 kernel_size=3,
                 stride=1,
-                upsample_kernel_size=2,
+                upsample_kernel_size=strides[s],
                 norm_name=norm_name,
             )
             for s in range(len(channels) - 1, 0, -1)
         )
-        self.head = UnetOutBlock(SPATIAL_DIMS, channels[0], num_classes)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         x = features[-1]
         for up, skip in zip(self.ups, reversed(features[:-1]), strict=True):
             x = up(x, skip)
-        return self.head(x)
+        return x
 
 
 class ModalityFusion(nn.Module):
@@ -101,8 +107,9 @@ class ModalityFusion(nn.Module):
         a_m = MLP_m(GAP([f_m, g]))  (B, C, 1, 1, 1)   channel attention
             + conv_m([f_m, g])       (B, 1, D, H, W)   spatial attention (1x1x1 conv)
 
-    broadcast to (B, C, D, H, W). Absent modalities get logit -inf, so the weights
-    ``w = softmax_m(a)`` are exactly 0 for them, and ``fused = sum_m w_m * f_m``. Absent features
+    broadcast to (B, C, D, H, W). Absent modalities, and modalities without data at a voxel (outside
+    their field of view), get logit -inf, so the weights ``w = softmax_m(a)`` are exactly 0 for them,
+    and ``fused = sum_m w_m * f_m``. Absent features
     are also replaced by zeros before anything reads them (the context ``g`` included), so the
     fused output is exactly independent of an absent modality's input, even if it holds NaN.
     The last layer of each gate starts at zero: an untrained fusion is the mean of the present
@@ -121,11 +128,16 @@ class ModalityFusion(nn.Module):
             nn.init.zeros_(gate.weight)
             nn.init.zeros_(gate.bias)
 
-    def forward(self, features: Sequence[Tensor], present: Tensor) -> Tensor:
-        """``features``: M tensors (B, C, D, H, W); ``present``: (B, M) bool with a True in every row."""
+    def forward(self, features: Sequence[Tensor], present: Tensor, has_data: Tensor | None = None) -> Tensor:
+        """``features``: M tensors (B, C, D, H, W); ``present``: (B, M) bool with a True in every row;
+        ``has_data``: optional (B, M, D, H, W) bool, where each modality has data (voxels where none
+        has data fall back to ``present``)."""
         mask = present[:, :, None, None, None, None]  # (B, M, 1, 1, 1, 1)
+        if has_data is not None:
+            voxel_mask = mask & has_data[:, :, None]
+            mask = voxel_mask | (mask & ~voxel_mask.any(dim=1, keepdim=True))
         stacked = torch.where(mask, torch.stack(list(features), dim=1), 0.0)  # (B, M, C, D, H, W)
-        context = stacked.sum(dim=1) / present.sum(dim=1).to(stacked.dtype)[:, None, None, None, None]
+        context = stacked.sum(dim=1) / mask.sum(dim=1).to(stacked.dtype).clamp(min=1)
         logits = []
         for m, (channel_gate, spatial_gate) in enumerate(zip(self.channel_gates, self.spatial_gates, strict=True)):
             joint = torch.cat([stacked[:, m], context], dim=1)  # (B, 2C, D, H, W)
@@ -142,46 +154,68 @@ class CmFNet(nn.Module):
         num_modalities: M, the number of input channels, one per modality in a fixed order (M >= 1;
             M = 1 is a plain encoder-decoder through the same code path).
         num_classes: background (class 0) plus the K foreground classes.
-        channels: feature channels per scale; ``len(channels) - 1`` downsamplings, so every spatial
-            size of the input must be divisible by ``2 ** (len(channels) - 1)``.
-        norm_name: MONAI normalization name or (name, args); keep a per-sample one (instance norm),
-            since batch norm would mix samples, and so absent modalities of one sample into another's
-            prediction.
-        fusion_reduction: channel reduction of the fusion's channel-attention MLP.
+        channels: feature channels per level; level 0 is at the input size divided by ``strides[0]``.
+        strides: per level, the downsampling factor per axis (1 or 2); every input size must be a
+            multiple of their product along its axis (:attr:`size_divisor`).
+        refine_channels: channels of the full-resolution refinement block.
     """
 
     def __init__(
         self,
         num_modalities: int = 2,
         num_classes: int = 5,
-        channels: Sequence[int] = (8, 16, 32, 64),
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        strides: Sequence[Sequence[int]] | None = None,
         norm_name: str | tuple = INSTANCE_NORM,
         fusion_reduction: int = 4,
+        refine_channels: int = 8,
     ) -> None:
         super().__init__()
+        strides = [(2, 2, 2)] * len(channels) if strides is None else [tuple(s) for s in strides]
         if num_modalities < 1:
             raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
         if num_classes < 2:
             raise ValueError(f"num_classes counts background too and must be >= 2, got {num_classes}")
-        if len(channels) < 2:
-            raise ValueError(f"channels needs at least two scales, got {tuple(channels)}")
+        if len(channels) < 2 or len(strides) != len(channels):
+            raise ValueError(f"need two or more levels and one stride per level, got {channels} and {strides}")
         self.num_modalities = num_modalities
         self.num_classes = num_classes
         self.channels = tuple(channels)
-        self.encoders = nn.ModuleList(_Encoder(channels, norm_name) for _ in range(num_modalities))
-        self.decoders = nn.ModuleList(_Decoder(channels, num_classes, norm_name) for _ in range(num_modalities))
+        self.strides = tuple(strides)
+        self.encoders = nn.ModuleList(_Encoder(channels, strides, norm_name) for _ in range(num_modalities))
+        self.decoders = nn.ModuleList(_Decoder(channels, strides, norm_name) for _ in range(num_modalities))
+        self.heads = nn.ModuleList(UnetOutBlock(SPATIAL_DIMS, channels[0], num_classes) for _ in range(num_modalities))
         self.fusions = nn.ModuleList(ModalityFusion(num_modalities, c, fusion_reduction) for c in channels)
-        self.fused_decoder = _Decoder(channels, num_classes, norm_name)
+        self.fused_decoder = _Decoder(channels, strides, norm_name)
+        self.upsample = get_conv_layer(
+            SPATIAL_DIMS,
+            channels[0],
+            refine_channels,
+            kernel_size=strides[0],
+            stride=strides[0],
+            conv_only=True,
+            is_transposed=True,
+        )
+        # per voxel: the upsampled features and that voxel's own intensities -> class scores
+        self.refine = nn.Sequential(
+            nn.Conv3d(refine_channels + num_modalities, refine_channels, kernel_size=1),
+            nn.LeakyReLU(0.01, inplace=True),
+            nn.Conv3d(refine_channels, num_classes, kernel_size=1),
+        )
 
     @property
-    def size_divisor(self) -> int:
-        """Every spatial size of the input must be a multiple of this."""
-        return 2 ** (len(self.channels) - 1)
+    def size_divisor(self) -> tuple[int, int, int]:
+        """Every spatial size of the input must be a multiple of this, per axis."""
+        return tuple(int(torch.tensor([s[axis] for s in self.strides]).prod()) for axis in range(3))
 
     def forward(self, x: Tensor, present: Tensor | None = None) -> Tensor:
-        """Fused logits (B, num_classes, D, H, W); the per-modality decoders are not run."""
-        features, present = self._encode(x, present)
-        return self._fuse_and_decode(features, present)
+        """Fused logits (B, num_classes, D, H, W); the per-modality decoders are not run.
+
+        ``x``: (B, M, D, H, W), NaN where a modality has no data; ``present``: (B, M), (1, M) or (M,)
+        bool, the modalities the case has (all when None).
+        """
+        x, has_data, present = self._inputs(x, present)
+        return self._fuse_and_decode(x, self._encode(x), has_data, present)
 
     def forward_all(self, x: Tensor, present: Tensor | None = None) -> CmFNetOutput:
         """Fused and per-modality logits plus bottleneck features, for training.
@@ -191,25 +225,34 @@ class CmFNet(nn.Module):
         training: the fused output ignores it, but NaN there would still reach the gradients
         through that modality's own branch.
         """
-        features, present = self._encode(x, present)
+        x, has_data, present = self._inputs(x, present)
+        features = self._encode(x)
         return CmFNetOutput(
-            fused=self._fuse_and_decode(features, present),
-            per_modality=[decoder(f) for decoder, f in zip(self.decoders, features, strict=True)],
+            fused=self._fuse_and_decode(x, features, has_data, present),
+            per_modality=[
+                head(decoder(f)) for head, decoder, f in zip(self.heads, self.decoders, features, strict=True)
+            ],
             features=[f[-1] for f in features],
             present=present,
         )
 
-    def _encode(self, x: Tensor, present: Tensor | None) -> tuple[list[list[Tensor]], Tensor]:
-        """Per-modality multi-scale features ``features[m][scale]`` and the checked (B, M) mask."""
+    def _inputs(self, x: Tensor, present: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The input with NaN replaced by 0, where each modality has data, and the checked (B, M) mask."""
         if x.ndim != 5 or x.shape[1] != self.num_modalities:
             raise ValueError(f"expected input (B, {self.num_modalities}, D, H, W), got {tuple(x.shape)}")
-        if any(size % self.size_divisor for size in x.shape[2:]):
-            raise ValueError(
-                f"spatial size {tuple(x.shape[2:])} must be divisible by {self.size_divisor} in every axis"
-            )
+        if any(size % d for size, d in zip(x.shape[2:], self.size_divisor, strict=True)):
+            raise ValueError(f"spatial size {tuple(x.shape[2:])} must be a multiple of {self.size_divisor}")
         present = self._check_present(present, x)
-        features = [encoder(x[:, m : m + 1]) for m, encoder in enumerate(self.encoders)]
-        return features, present
+        has_data = ~torch.isnan(x)
+        present = present & has_data.flatten(2).any(dim=2)
+        present = torch.where(present.any(dim=1, keepdim=True), present, has_data.flatten(2).any(dim=2))
+        if not present.any(dim=1).all():
+            raise ValueError("every sample needs data in at least one modality")
+        return torch.nan_to_num(x), has_data, present
+
+    def _encode(self, x: Tensor) -> list[list[Tensor]]:
+        """Per-modality multi-level features ``features[m][level]``."""
+        return [encoder(x[:, m : m + 1]) for m, encoder in enumerate(self.encoders)]
 
     def _check_present(self, present: Tensor | None, x: Tensor) -> Tensor:
         """(B, M) bool mask; (M,) or (1, M) broadcast to the batch (sliding-window batches vary in B)."""
@@ -230,9 +273,16 @@ class CmFNet(nn.Module):
             raise ValueError("at least one modality must be present in every sample")
         return present
 
-    def _fuse_and_decode(self, features: list[list[Tensor]], present: Tensor) -> Tensor:
-        fused = [fusion([f[scale] for f in features], present) for scale, fusion in enumerate(self.fusions)]
-        return self.fused_decoder(fused)
+    def _fuse_and_decode(self, x: Tensor, features: list[list[Tensor]], has_data: Tensor, present: Tensor) -> Tensor:
+        fused = []
+        for level, fusion in enumerate(self.fusions):
+            size = features[0][level].shape[2:]
+            # a voxel of a level has data when all the input voxels it covers do
+            level_data = F.interpolate(has_data.float(), size=size, mode="area") > 0.999
+            fused.append(fusion([f[level] for f in features], present, level_data))
+        images = torch.where(present[:, :, None, None, None] & has_data, x, 0.0)
+        upsampled = nn.functional.leaky_relu(self.upsample(self.fused_decoder(fused)), 0.01)
+        return self.refine(torch.cat([upsampled, images], dim=1))
 
 
 def random_modality_mask(
@@ -250,10 +300,3 @@ def random_modality_mask(
     empty = ~keep.any(dim=1)
     keep[empty, rescue[empty]] = True
     return keep
-
-
-def build_cmfnet(preset: str, num_modalities: int, num_classes: int, **overrides) -> CmFNet:
-    """A CmFNet from a named preset in :data:`PRESETS`; keyword overrides win over the preset."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown CmFNet preset {preset!r}; valid presets: {', '.join(sorted(PRESETS))}")
-    return CmFNet(num_modalities=num_modalities, num_classes=num_classes, **{**PRESETS[preset], **overrides})

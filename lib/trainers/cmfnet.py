@@ -1,144 +1,196 @@
-"""The `cmfnet` train task: hybrid supervision from scribbles and `final` labels.
+"""The `cmfnet` train task: the one recipe (lib.training) inside MONAI Label's BasicTrainTask.
 
-Extends MONAI Label's BasicTrainTask (datalist, CacheDataset, ignite trainer/evaluator,
-checkpoints, stats in /info) and changes what it cannot express by configuration:
+BasicTrainTask gives the request handling, the (multi-GPU) launch, the ignite engines and the
+stats file behind `/info`. What it cannot express by configuration is changed here:
 
-- the datalist comes from every image with scribbles or a `final` label (the datastore's
-  own `datalist()` lists `final` only);
-- a training iteration runs the network's fused and per-modality paths with modality
-  dropout and the hybrid loss, which SupervisedTrainer's default iteration cannot;
-- the key metric is accuracy on held-out strokes (lib.metrics.StrokeAccuracy), real
-  without dense labels, so MONAI Label saves and publishes models;
-- the best model is published atomically (copy, then rename), so a crash mid-copy never
-  leaves a broken model file for inference to load.
+- parameters are checked by lib.settings.TrainSettings (a 4xx names a bad one);
+- the datalist is every image with a `final` label or scribbles (the datastore's own `datalist()`
+  lists `final` only), and a plan (lib.planning) is made from their spacings and sizes, or the
+  published model's plan is kept when it fits, so fine-tuning goes on;
+- the run is bounded by steps and minutes, validated on held-out strokes, and every better model is
+  published at once (lib.trainers.budget); the deterministic data (grids, pseudo labels) is cached
+  on disk between runs, keyed by the files' modification times, so a retrain after new strokes on
+  one case propagates that case only.
 """
 
-import filecmp
+from __future__ import annotations
+
 import logging
 import os
-import shutil
+import time
 from pathlib import Path
 
+import SimpleITK as sitk
 import torch
-from ignite.engine import Events
+from monai.data import PersistentDataset
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import IgniteMetricHandler, from_engine
-from monai.inferers import SlidingWindowInferer
-from monai.transforms import (
-    Activationsd,
-    AsDiscreted,
-)
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from lib.datastore import SCRIBBLES_TAG
 from lib.errors import InvalidInput
+from lib.inference import build_network, sliding_window_inferer
 from lib.labels import LabelSet
-from lib.losses.hybrid import HybridLoss, HybridLossWeights
+from lib.losses.hybrid import HybridLoss
 from lib.metrics import StrokeAccuracy
-from lib.training import hybrid_step, loading_transforms, training_transforms
+from lib.model_files import UnreadableModel, publish_model, read_model
+from lib.planning import Plan, make_plan
+from lib.settings import TrainSettings
+from lib.trainers.budget import RunBudget
+from lib.training import cached_training_transforms, hybrid_step, loading_transforms, random_training_transforms
+from lib.transforms.modalities import companion_path
 from lib.transforms.targets import HoldOutStrokesd
 
 logger = logging.getLogger(__name__)
 
-METRIC = "stroke_accuracy"
+METRIC = "val_stroke_accuracy"
 
 
 class CmFNetTrainer(BasicTrainTask):
     def __init__(
         self,
         model_dir: str,
-        network: torch.nn.Module,
         labels: LabelSet,
         modalities: list[str],
         publish_path: str,
-        patch_size: tuple[int, int, int],
-        infer_roi_size: tuple[int, int, int],
-        config: dict | None = None,
-        val_interval: int = 1,
+        defaults: TrainSettings,
+        preset: str = "auto",
         description: str = "Train CmFNet from scribbles and final labels (hybrid supervision)",
     ):
-        self._network = network
         self.label_set = labels
         self.modalities = modalities
-        self.patch_size = tuple(patch_size)
-        self.infer_roi_size = tuple(infer_roi_size)
-        self._published = publish_path
-        defaults = {
-            "max_epochs": 20,
-            "learning_rate": 1e-3,
-            "train_batch_size": 1,
-            "num_samples": 4,
-            "modality_dropout": 0.2,
-            "loss": {},
-            "dataset": "CacheDataset",
-            "dataloader": "ThreadDataLoader",
-            "multi_gpu": False,
-            "val_split": 0.0,
-            # MLflow dropped its file store, MONAI Label's default; enable with a sqlite:// tracking_uri
-            "tracking": "None",
-        }
+        self.published = Path(publish_path)
+        self.defaults = defaults
+        self.preset = preset
         super().__init__(
             model_dir=model_dir,
             description=description,
-            config={**defaults, **(config or {})},
-            amp=False,  # the iteration below uses autocast itself on CUDA
-            publish_path=None,  # published atomically in finalize(), see module docstring
+            config={**defaults.model_dump(), "dataset": "PersistentDataset", "dataloader": "DataLoader"},
+            amp=False,  # lib.training.hybrid_step uses autocast itself on CUDA
             labels=labels.classes,
-            val_interval=val_interval,
+            disable_meta_tracking=False,
         )
+        # BasicTrainTask's epoch-based keys mean nothing here: a run is bounded by max_steps and max_minutes
+        for key in ("max_epochs", "early_stop_patience", "val_split", "train_batch_size", "val_batch_size"):
+            self._config.pop(key, None)
 
-    # ---- data ----------------------------------------------------------------------------------
+    # ---- request ----------------------------------------------------------------------------------
+    def __call__(self, request, datastore: Datastore):
+        started_at = time.time()
+        settings = TrainSettings.from_request(request, self.defaults)
+        request = {
+            **request,
+            **settings.model_dump(),
+            "started_at": started_at,
+            "max_epochs": 1,
+            "train_batch_size": 1,
+            "val_batch_size": 1,
+            "dataset": "PersistentDataset",
+            "dataloader": "DataLoader",
+        }
+        return super().__call__(request, datastore)
+
     def pre_process(self, request, datastore: Datastore):
-        """Every image with a `final` label (dense) or else scribbles, with its label file."""
+        """Every image with a `final` label (dense) or else scribbles; the plan goes into the request."""
         datalist = []
         for image_id in datastore.list_images():
             for tag, dense in ((DefaultLabelTag.FINAL.value, True), (SCRIBBLES_TAG, False)):
                 label = datastore.get_label_uri(image_id, tag)
                 if label and os.path.exists(label):
-                    datalist.append({"image": datastore.get_image_uri(image_id), "label": label, "dense": dense})
+                    image = datastore.get_image_uri(image_id)
+                    version = _version(image, label, self.modalities[1:])
+                    datalist.append({"image": image, "label": label, "dense": dense, "version": version})
                     break
         if not datalist:
             raise InvalidInput("nothing to train on: no image has scribbles or a final label")
+        plan = self._plan(datalist, request)
+        request["plan"] = plan.to_json()
+        for item in datalist:
+            item["plan"] = plan.describe()  # part of the cache key: another plan, another cache entry
         logger.info(f"Training on {len(datalist)} cases ({sum(d['dense'] for d in datalist)} with dense labels)")
         return datalist
+
+    def _plan(self, datalist: list[dict], request: dict) -> Plan:
+        num_classes = self.label_set.num_classes + 1
+        if request["pretrained"]:
+            try:
+                _, plan = read_model(self.published)
+                same = (plan.num_classes, plan.num_modalities, plan.network)
+                if same == (num_classes, len(self.modalities), request["network"]):
+                    logger.info(f"Keeping the published model's plan: {plan.describe()}")
+                    return plan
+            except UnreadableModel:
+                pass
+        spacings, shapes = zip(*(_geometry(item["image"]) for item in datalist), strict=True)
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+        preset = self.preset if self.preset != "auto" else ("large" if device == "gpu" else "small")
+        return make_plan(spacings, shapes, len(self.modalities), num_classes, device, preset, request["network"])
 
     def partition_datalist(self, context: Context, shuffle=False):
         """Validation uses the held-out strokes of the same cases (see HoldOutStrokesd)."""
         return context.datalist, context.datalist
 
+    # ---- data -------------------------------------------------------------------------------------
+    def _plan_of(self, context: Context) -> Plan:
+        return Plan.from_json(context.request["plan"])
+
     def train_pre_transforms(self, context: Context):
-        num_samples = int(context.request["num_samples"])
-        return training_transforms(self.modalities, self.label_set.num_classes, self.patch_size, num_samples)
+        plan = self._plan_of(context)
+        propagation = context.request["propagation"] == "random_walker"
+        k = self.label_set.num_classes
+        return [
+            *cached_training_transforms(plan, self.modalities, k, propagation),
+            *random_training_transforms(plan, k, int(context.request["batch_size"])),
+        ]
 
     def val_pre_transforms(self, context: Context):
-        return [*loading_transforms(self.modalities, self.label_set.num_classes), HoldOutStrokesd("validation")]
+        plan = self._plan_of(context)
+        return [*loading_transforms(plan, self.modalities, self.label_set.num_classes), HoldOutStrokesd("validation")]
 
-    def train_post_transforms(self, context: Context):
-        return [Activationsd(keys="pred", softmax=True), AsDiscreted(keys="pred", argmax=True)]
+    def _dataset(self, context, datalist, is_train, replace_rate=0.25):
+        """Deterministic transforms cached on disk across runs (items carry their files' versions)."""
+        transforms = self.train_pre_transforms(context) if is_train else self.val_pre_transforms(context)
+        cache = Path(self._model_dir) / "cache"
+        return PersistentDataset(datalist, self._validate_transforms(transforms), cache_dir=cache), datalist
 
-    # ---- model, loss, iteration ---------------------------------------------------------------
+    def train_data_loader(self, context, num_workers=0, shuffle=True):
+        # one case per step; the crop takes `batch_size` patches from it
+        dataset, _ = self._dataset(context, context.train_datalist, is_train=True)
+        return self._dataloader(context, dataset, 1, num_workers, shuffle)
+
+    # ---- model, loss, iteration -------------------------------------------------------------------
     def network(self, context: Context):
-        return self._network
+        plan = self._plan_of(context)
+        network = build_network(plan)
+        context.fine_tuning = False
+        if context.request["pretrained"]:
+            try:
+                state, published_plan = read_model(self.published)
+                if published_plan == plan:
+                    network.load_state_dict(state)
+                    context.fine_tuning = True
+                    logger.info(f"Fine-tuning the published model {self.published.name}")
+                else:
+                    logger.info("The published model has another plan: training from scratch")
+            except UnreadableModel as error:
+                logger.info(f"Training from scratch ({error})")
+            except RuntimeError as error:  # weights that do not fit the network
+                logger.warning(f"The published weights do not fit ({error}): training from scratch")
+        return network
 
     def optimizer(self, context: Context):
-        return torch.optim.AdamW(context.network.parameters(), lr=float(context.request["learning_rate"]))
+        return torch.optim.AdamW(context.network.parameters(), lr=context.request["learning_rate"], weight_decay=1e-4)
 
     def loss_function(self, context: Context):
-        return HybridLoss(HybridLossWeights.from_dict(context.request.get("loss") or {}))
-
-    def lr_scheduler_handler(self, context: Context):
-        return None
-
-    def load_path(self, output_dir, pretrained=True):
-        """Fine-tune from the published model when there is one."""
-        return self._published if pretrained and os.path.exists(self._published) else None
+        return HybridLoss(TrainSettings.model_validate(_settings_of(context.request)).loss)
 
     def train_iteration_update(self, context: Context):
         loss_function = self.loss_function(context)
         p_drop = float(context.request["modality_dropout"])
 
         def iteration(engine, batch):
-            output, loss, terms = hybrid_step(
+            _, loss, terms = hybrid_step(
                 engine.network,
                 engine.optimizer,
                 loss_function,
@@ -147,58 +199,91 @@ class CmFNetTrainer(BasicTrainTask):
                 p_drop,
                 engine.state.device,
             )
-            label = batch["label"].to(engine.state.device)
-            return {"label": label, "pred": output.fused.float(), "loss": loss.item(), **terms}
+            return {"loss": loss.item(), **terms}
 
         return iteration
 
     def val_iteration_update(self, context: Context):
+        inferer = self.val_inferer(context)
+
         def iteration(engine, batch):
             image = batch["image"].to(engine.state.device)
             present = batch["present"].to(engine.state.device)
             engine.network.eval()
             with torch.no_grad():
-                pred = engine.inferer(image, engine.network, present=present)
-            return {"image": image, "label": batch["label"].to(engine.state.device), "pred": pred}
+                pred = inferer(image, engine.network, present=present)
+            return {"pred": pred, "label": batch["label"].to(engine.state.device)}
 
         return iteration
 
-    def train_inferer(self, context: Context):
-        return None  # the iteration calls the network itself
+    def train_post_transforms(self, context: Context):
+        return None  # the iteration returns losses only; nothing to post-process
 
     def val_inferer(self, context: Context):
-        return SlidingWindowInferer(roi_size=self.infer_roi_size, sw_batch_size=1, overlap=0.25)
+        return sliding_window_inferer(self._plan_of(context), context.device)
 
-    def _stroke_accuracy(self):
-        return IgniteMetricHandler(
-            metric_fn=StrokeAccuracy(self.label_set.num_classes + 1),
-            output_transform=from_engine(["pred", "label"]),
+    # ---- engines ----------------------------------------------------------------------------------
+    def _create_evaluator(self, context: Context):
+        return SupervisedEvaluator(
+            device=context.device,
+            val_data_loader=self.val_data_loader(context),
+            network=context.network,
+            key_val_metric={
+                METRIC: IgniteMetricHandler(
+                    metric_fn=StrokeAccuracy(self.label_set.num_classes + 1),
+                    output_transform=from_engine(["pred", "label"]),
+                )
+            },
+            iteration_update=self.val_iteration_update(context),
         )
 
-    def train_key_metric(self, context: Context):
-        return {f"train_{METRIC}": self._stroke_accuracy()}
+    def _create_trainer(self, context: Context):
+        settings = context.request
+        trainer = SupervisedTrainer(
+            device=context.device,
+            max_epochs=1,
+            epoch_length=int(settings["max_steps"]),
+            train_data_loader=self.train_data_loader(context),
+            network=context.network,
+            optimizer=context.optimizer,
+            loss_function=None,
+            iteration_update=self.train_iteration_update(context),
+        )
+        if context.local_rank == 0:
+            plan = self._plan_of(context)
+            network = context.network.module if hasattr(context.network, "module") else context.network
+            RunBudget(
+                evaluator=context.evaluator,
+                metric_name=METRIC,
+                publish=lambda: publish_model(network, plan, self.published),
+                stats_path=Path(self._stats_path),
+                max_steps=int(settings["max_steps"]),
+                max_seconds=float(settings["max_minutes"]) * 60,
+                val_every=int(settings["val_every"]),
+                peak_learning_rate=float(settings["learning_rate"]),
+                started_at=float(settings["started_at"]),
+                validate_first=context.fine_tuning,
+                details={"run_id": context.run_id, "plan": plan.to_json(), "fine_tuning": context.fine_tuning},
+            ).attach(trainer)
+        return trainer
 
-    def val_key_metric(self, context: Context):
-        return {f"val_{METRIC}": self._stroke_accuracy()}
-
-    # ---- publication ----------------------------------------------------------------------------
     def finalize(self, context: Context):
-        super().finalize(context)
-        if context.local_rank != 0:
-            return
-        best = Path(context.output_dir) / self._key_metric_filename
-        engine = context.evaluator or context.trainer
-        # attached last, so it runs after the CheckpointSaver has written this epoch's best model
-        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: publish_atomically(best, Path(self._published)))
+        """Publication and stats are RunBudget's (see lib.trainers.budget)."""
 
 
-def publish_atomically(source: Path, target: Path) -> None:
-    """Copy `source` over `target` so that readers see the old file or the new one, never a part."""
-    if not source.exists():
-        return
-    if target.exists() and filecmp.cmp(source, target, shallow=False):
-        return
-    partial = target.with_name(target.name + ".partial")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
-    logger.info(f"New model published: {source} => {target}")
+def _settings_of(request: dict) -> dict:
+    return {key: request[key] for key in TrainSettings.model_fields}
+
+
+def _geometry(path: str) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """Spacing (mm) and size of an image from its header alone (SimpleITK reads NIfTI, NRRD, MHA)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return tuple(reader.GetSpacing()), tuple(reader.GetSize())
+
+
+def _version(image: str, label: str, companions: list[str]) -> str:
+    """Modification times of a case's files: a new version (and cache entry) when any of them changes."""
+    files = [Path(image), Path(label), *(companion_path(image, m) or Path("-") for m in companions)]
+    return ",".join(str(f.stat().st_mtime_ns) if f.exists() else "-" for f in files)

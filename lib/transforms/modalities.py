@@ -1,10 +1,10 @@
-"""Load a case's modalities onto the reference grid (DESIGN §4).
+"""Load a case's modalities onto one working grid (docs/architecture.md, "Grids").
 
 The datastore image is the reference modality. Each companion is found by one rule,
 `<folder of the reference file>/<modality>/<same case id>.<ext>`, normalized on its own
-grid, then resampled onto the reference grid in world coordinates with MONAI's
-ResampleToMatch. The result is one (M, ...) image in modality order, plus which
-modalities are present and where each one has data.
+grid, then resampled in world coordinates with MONAI's ResampleToMatch onto the working grid
+(the reference's own, or its field of view at the plan's spacing). The result is one
+(M, ...) image in modality order, NaN where a modality has no data.
 """
 
 import logging
@@ -18,12 +18,12 @@ from monai.transforms import (
     EnsureChannelFirst,
     LoadImage,
     MapTransform,
-    NormalizeIntensity,
     ResampleToMatch,
-    ScaleIntensityRange,
 )
 
 from lib.errors import InvalidInput, NotFound
+from lib.transforms.grid import resize_image, voxel_spacing, working_shape
+from lib.transforms.intensity import normalize
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +50,6 @@ def companion_path(reference: str | Path, modality: str) -> Path | None:
     return None
 
 
-def normalize(image: torch.Tensor, modality: str) -> torch.Tensor:
-    """CT: a soft-tissue window mapped to [-1, 1] (values outside kept, clamped to [-3, 3]);
-    any other modality: z-score over its non-zero voxels (MR has no absolute scale)."""
-    if modality == "ct":
-        return ScaleIntensityRange(a_min=-250.0, a_max=350.0, b_min=-1.0, b_max=1.0)(image).clamp(-3.0, 3.0)
-    return NormalizeIntensity(nonzero=True)(image)
-
-
 def load_volume(path: str | Path, what: str) -> MetaTensor:
     """A 3D image as a (1, X, Y, Z) float MetaTensor with its affine; unreadable or non-3D -> InvalidInput."""
     try:
@@ -71,55 +63,70 @@ def load_volume(path: str | Path, what: str) -> MetaTensor:
 
 
 class LoadModalitiesd(MapTransform):
-    """`data[key]` (reference file path) -> (M, X, Y, Z) MetaTensor on the reference grid.
+    """`data[key]` (reference file path) -> (M, X, Y, Z) MetaTensor on the working grid.
 
-    Adds `present` (bool, (M,)) and `valid` ((M, X, Y, Z) float, 1 where that modality
-    has data). A missing companion is absent (zeros, present False) when `allow_missing`,
-    else NotFound; a companion that covers less than MIN_OVERLAP of the reference in world
-    space is InvalidInput.
+    The working grid is the reference's own grid, or with `spacing` the same field of view at that
+    spacing (lib.transforms.grid). Each companion is resampled onto it in world coordinates; voxels
+    where a companion has no data (outside its field of view) are NaN in its channel, which the
+    network and the losses read as "no data here". Adds `present` (bool, (M,)), and
+    `reference_shape` and `reference_affine` (the reference's own grid, where results go back to).
+    A missing companion is absent (all NaN, present False) when `allow_missing`, else NotFound; a
+    companion that covers less than MIN_OVERLAP of the reference in world space is InvalidInput.
     """
 
-    def __init__(self, modalities: Sequence[str], key: Hashable = "image", allow_missing: bool = True):
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        key: Hashable = "image",
+        allow_missing: bool = True,
+        spacing: Sequence[float] | None = None,
+    ):
         super().__init__(keys=[key])
         self.modalities = list(modalities)
         self.key = key
         self.allow_missing = allow_missing
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         reference_path = d[self.key]
         reference = load_volume(reference_path, f"{self.modalities[0].upper()} image")
+        d["reference_shape"] = tuple(reference.shape[1:])
+        d["reference_affine"] = reference.affine.clone()
+        if self.spacing is not None:
+            shape = working_shape(reference.shape[1:], voxel_spacing(reference.affine), self.spacing)
+            reference = resize_image(reference, shape)
         channels = [normalize(reference, self.modalities[0])]
-        valid = [torch.ones_like(reference)]
         present = [True]
         for modality in self.modalities[1:]:
-            channel, mask = self._companion(reference_path, reference, modality)
+            channel = self._companion(reference_path, reference, modality)
             channels.append(channel)
-            valid.append(mask)
-            present.append(mask.any().item())
-        image = MetaTensor(torch.cat([torch.as_tensor(c) for c in channels]), meta=reference.meta)
-        d[self.key] = image
+            present.append(bool((~torch.isnan(channel)).any()))
+        d[self.key] = MetaTensor(torch.cat([torch.as_tensor(c) for c in channels]), meta=reference.meta)
         d["present"] = torch.tensor(present)
-        d["valid"] = torch.cat([torch.as_tensor(v) for v in valid]).float()
         return d
 
-    def _companion(self, reference_path, reference: MetaTensor, modality: str):
+    def _companion(self, reference_path, reference: MetaTensor, modality: str) -> torch.Tensor:
         path = companion_path(reference_path, modality)
         case = case_id_of(reference_path)
         if path is None:
             if not self.allow_missing:
                 raise NotFound(f"case {case} has no {modality.upper()} companion (expected {modality}/{case}.*)")
             logger.info(f"case {case}: no {modality} companion, serving without it")
-            return torch.zeros_like(reference), torch.zeros_like(reference)
-        image = normalize(load_volume(path, f"{modality.upper()} companion of {case}"), modality)
-        resample = ResampleToMatch(mode="bilinear", padding_mode="zeros")
-        channel = resample(image, reference)
-        coverage = ResampleToMatch(mode="nearest", padding_mode="zeros")(torch.ones_like(image), reference)
-        fraction = coverage.float().mean().item()
+            return torch.full_like(reference.as_tensor(), float("nan"))
+        image = load_volume(path, f"{modality.upper()} companion of {case}")
+        # box-filter it down towards the working grid's finest spacing first, so resampling does not alias
+        own, finest = voxel_spacing(image.affine), min(voxel_spacing(reference.affine))
+        image = resize_image(image, working_shape(image.shape[1:], own, [max(s, finest) for s in own]))
+        image = normalize(image, modality)
+        channel = ResampleToMatch(mode="bilinear", padding_mode="zeros")(image, reference)
+        coverage = ResampleToMatch(mode="bilinear", padding_mode="zeros")(torch.ones_like(image), reference)
+        inside = coverage > 0.999
+        fraction = inside.float().mean().item()
         if fraction < MIN_OVERLAP:
             raise InvalidInput(
                 f"the {modality.upper()} companion of {case} covers {100 * fraction:.1f}% of the reference image "
                 f"in world coordinates (at least {100 * MIN_OVERLAP:.0f}% is needed): check that both scans "
                 "are registered in the same scanner space"
             )
-        return channel.as_tensor(), coverage.as_tensor().float()
+        return torch.where(inside, channel, float("nan")).as_tensor()

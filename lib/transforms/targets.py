@@ -1,4 +1,4 @@
-"""Training targets from stored labels: class indices with IGNORE, and held-out strokes.
+"""Training targets from stored labels: class indices with IGNORE, pseudo labels, and held-out strokes.
 
 Stored scribbles use 0 = none, 1..K = class, K+1 = background; a `final` label is dense
 0..K. Networks train on class indices 0..K with IGNORE (-1) where nothing is annotated.
@@ -8,11 +8,13 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from lib.errors import InvalidInput
 from lib.labels import IGNORE
+from lib.scribbles.propagation import background_seeds, propagate
+from lib.transforms.grid import resize_dense, resize_strokes, voxel_spacing
+from lib.transforms.modalities import load_volume
 
 # Strokes in one of every HOLD_OUT_EVERY blocks of BLOCK^3 voxels are kept out of training
 # and used for validation, so the key metric is measured on strokes the model has not seen.
@@ -20,8 +22,14 @@ BLOCK = 8
 HOLD_OUT_EVERY = 5
 
 
-class LabelToTargetd(MapTransform):
-    """`label` (stored convention; dense when `data["dense"]`) -> int64 class indices with IGNORE."""
+class LoadTargetd(MapTransform):
+    """`label` (a stored label file on the reference grid; dense when `data["dense"]`) -> int64 class
+    indices with IGNORE on the working grid of `image` (see LoadModalitiesd).
+
+    Strokes are moved to the working grid so that thin strokes survive (lib.transforms.grid.resize_strokes),
+    dense labels by nearest neighbour. Values outside the convention (a file put in the datastore by
+    hand) become IGNORE: they teach nothing.
+    """
 
     def __init__(self, num_classes: int, key: str = "label", image_key: str = "image"):
         super().__init__(keys=[key])
@@ -31,20 +39,48 @@ class LabelToTargetd(MapTransform):
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
-        label = d[self.key]
-        if tuple(label.shape[1:]) != tuple(d[self.image_key].shape[1:]):
-            raise InvalidInput(
-                f"label {tuple(label.shape[1:])} and image {tuple(d[self.image_key].shape[1:])} differ in shape"
-            )
-        values = torch.round(torch.as_tensor(label)).long()
+        label = load_volume(d[self.key], "label")
+        if tuple(label.shape[1:]) != tuple(d["reference_shape"]):
+            raise InvalidInput(f"label {tuple(label.shape[1:])} and image {d['reference_shape']} differ in shape")
+        values = torch.round(label.as_tensor()).long()
+        shape = d[self.image_key].shape[1:]
         dense = bool(d.get("dense", False))
-        target = values.clone()
-        if not dense:
-            target[values == 0] = IGNORE
-            target[values == self.num_classes + 1] = 0
-        # values outside the convention (a file put in the datastore by hand) teach nothing
-        target[(values < 0) | (values > self.num_classes + (0 if dense else 1))] = IGNORE
-        d[self.key] = MetaTensor(target, meta=label.meta) if isinstance(label, MetaTensor) else target
+        background = self.num_classes + 1
+        values[(values < 0) | (values > (self.num_classes if dense else background))] = 0 if not dense else IGNORE
+        if dense:
+            target = resize_dense(values, shape)
+        else:
+            strokes = resize_strokes(values, shape, background)
+            target = torch.where(strokes == 0, IGNORE, torch.where(strokes == background, 0, strokes))
+        d[self.key] = target
+        return d
+
+
+class PropagateStrokesd(MapTransform):
+    """Adds `pseudo` (class indices) and `confidence` (0..1) from random-walker propagation of the
+    `label` strokes over the `image` (lib.scribbles.propagation); for a CT reference, air is background.
+
+    Dense cases and `enabled=False` get the label itself as `pseudo` and confidence 0 (no pseudo labels).
+    """
+
+    def __init__(self, num_classes: int, reference_modality: str, enabled: bool = True):
+        super().__init__(keys=["label"])
+        self.num_classes = num_classes
+        self.reference_modality = reference_modality
+        self.enabled = enabled
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        target = d["label"]
+        if not self.enabled or d.get("dense", False):
+            d["pseudo"], d["confidence"] = target.clone(), torch.zeros(target.shape, dtype=torch.float32)
+            return d
+        image = d["image"]
+        strokes = torch.where(target == IGNORE, 0, torch.where(target == 0, self.num_classes + 1, target))[0]
+        air = background_seeds(image[0], self.reference_modality)
+        probabilities = propagate(image.numpy(), strokes.numpy(), self.num_classes, voxel_spacing(image.affine), air)
+        d["pseudo"] = torch.from_numpy(probabilities.argmax(axis=0))[None].long()
+        d["confidence"] = torch.from_numpy(probabilities.max(axis=0))[None]
         return d
 
 

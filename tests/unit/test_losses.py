@@ -4,18 +4,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from lib.losses import (
-    HybridLoss,
-    HybridLossWeights,
-    dense_loss,
-    feature_alignment,
-    local_affinity_loss,
-    partial_cross_entropy,
-    prediction_consistency,
-    sigmoid_rampup,
-)
-from lib.networks import CmFNet
+from lib.losses.consistency import feature_alignment, prediction_consistency
+from lib.losses.hybrid import HybridLoss
+from lib.losses.local_affinity import local_affinity_loss
+from lib.losses.partial_ce import dense_loss, partial_cross_entropy
+from lib.losses.pseudo import weighted_cross_entropy
+from lib.losses.rampup import sigmoid_rampup
+from lib.networks.cmfnet import CmFNet
+from lib.settings import LossWeights
 
 
 def _sigmoid(z: float) -> float:
@@ -220,7 +218,25 @@ def test_sigmoid_rampup_values():
     assert sigmoid_rampup(3, 0) == 1.0
 
 
+# ---------------------------------------------------------------- pseudo labels
+
+
+def test_weighted_cross_entropy_hand_value_and_zero_gradient_without_weight():
+    logits, _ = _four_voxels()
+    pseudo = torch.tensor([0, 1, 1, 0]).reshape(1, 1, 1, 1, 4)
+    weight = torch.tensor([1.0, 0.5, 0.0, 0.0]).reshape(1, 1, 1, 1, 4)
+    loss = weighted_cross_entropy(logits, pseudo, weight)
+    # (1 * log(1 + e^-2) + 0.5 * log(1 + e^-1)) / 1.5
+    expected = (math.log(1 + math.exp(-2)) + 0.5 * math.log(1 + math.exp(-1))) / 1.5
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    assert torch.all(logits.grad.reshape(2, 4)[:, 2:] == 0)
+    assert weighted_cross_entropy(logits, pseudo, torch.zeros_like(weight)).item() == 0.0
+
+
 # ---------------------------------------------------------------- hybrid loss
+
+OFF = {"affinity": 0, "consistency": 0, "alignment": 0}
 
 
 def _batch(num_modalities: int = 2):
@@ -236,12 +252,20 @@ def _batch(num_modalities: int = 2):
     return net, images, target
 
 
+def _upsampled(output, size=(8, 8, 8)):
+    return [F.interpolate(logits, size=size, mode="trilinear") for logits in output.per_modality]
+
+
 def test_hybrid_loss_is_finite_and_backpropagates():
     net, images, target = _batch()
+    images[1, 1, :, :, 5:] = float("nan")  # the second modality has no data there
     output = net.forward_all(images, torch.tensor([[True, True], [False, True]]))
-    total, terms = HybridLoss()(output, images, target, torch.zeros(2, dtype=torch.bool), 10, (1.0, 1.0, 2.0))
+    pseudo, confidence = target.clamp(min=0), torch.rand(2, 1, 8, 8, 8)
+    total, terms = HybridLoss(LossWeights())(
+        output, images, target, torch.zeros(2, dtype=torch.bool), 10, (1.0, 1.0, 2.0), pseudo, confidence
+    )
     assert torch.isfinite(total)
-    assert set(terms) == {"pce", "affinity", "consistency", "alignment", "rampup", "total"}
+    assert set(terms) == {"pce", "pseudo", "affinity", "consistency", "alignment", "rampup", "total"}
     total.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.encoders[1].parameters())
 
@@ -250,23 +274,48 @@ def test_hybrid_loss_without_regularizers_is_the_sum_of_partial_ce_terms():
     net, images, target = _batch()
     present = torch.tensor([[True, True], [True, False]])
     output = net.forward_all(images, present)
-    pce_only = HybridLoss(HybridLossWeights(affinity=0, consistency=0, alignment=0))
-    total, terms = pce_only(output, images, target, torch.zeros(2, dtype=torch.bool), 0, (1.0, 1.0, 1.0))
-    # modality 1 is absent in sample 1, so its term sees only sample 0's scribbles
+    total, terms = HybridLoss(LossWeights(**OFF))(
+        output, images, target, torch.zeros(2, dtype=torch.bool), 0, (1.0, 1.0, 1.0)
+    )
+    # per-modality outputs are upsampled to the target; modality 1 is absent in sample 1
+    first, second = _upsampled(output)
     expected = (
         partial_cross_entropy(output.fused, target)
-        + partial_cross_entropy(output.per_modality[0], target)
-        + partial_cross_entropy(output.per_modality[1][:1], target[:1])
+        + partial_cross_entropy(first, target)
+        + partial_cross_entropy(second[:1], target[:1])
     )
-    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert set(terms) == {"pce", "rampup", "total"}
+
+
+def test_pseudo_labels_count_only_for_scribbled_samples_and_where_the_modality_has_data():
+    net, images, target = _batch()
+    images[0, 1, :4] = float("nan")
+    output = net.forward_all(images)
+    pseudo = torch.randint(0, 3, (2, 1, 8, 8, 8))
+    confidence = torch.rand(2, 1, 8, 8, 8)
+    dense = torch.tensor([False, True])
+    loss = HybridLoss(LossWeights(pce=0, dense=0, **OFF))
+    total, terms = loss(output, images, target, dense, 0, (1.0, 1.0, 1.0), pseudo, confidence)
+    weight = confidence.clone()
+    weight[1] = 0.0  # the dense sample has no pseudo labels
+    second_weight = weight.clone()
+    second_weight[0, :, :4] = 0.0  # no MR data there
+    first, second = _upsampled(output)
+    expected = (
+        weighted_cross_entropy(output.fused, pseudo, weight)
+        + weighted_cross_entropy(first, pseudo, weight)
+        + weighted_cross_entropy(second, pseudo, second_weight)
+    )
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms["pseudo"] == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_hybrid_loss_scales_regularizers_by_the_rampup():
     net, images, target = _batch()
     output = net.forward_all(images)
     dense = torch.zeros(2, dtype=torch.bool)
-    weights = HybridLossWeights(affinity=2.0, consistency=3.0, alignment=4.0, rampup_iterations=100)
+    weights = LossWeights(affinity=2.0, consistency=3.0, alignment=4.0, rampup_steps=100)
     for step, ramp in [(0, math.exp(-5)), (100, 1.0)]:
         total, terms = HybridLoss(weights)(output, images, target, dense, step, (1.0, 1.0, 1.0))
         regularizers = 2.0 * terms["affinity"] + 3.0 * terms["consistency"] + 4.0 * terms["alignment"]
@@ -280,21 +329,14 @@ def test_hybrid_loss_uses_dice_ce_for_densely_labelled_samples_only():
     target[1] = torch.randint(0, 3, (1, 8, 8, 8))  # sample 1 has a dense label
     dense = torch.tensor([False, True])
     output = net.forward_all(images)
-    supervised = HybridLoss(HybridLossWeights(affinity=0, consistency=0, alignment=0, dense=0.5))
+    supervised = HybridLoss(LossWeights(dense=0.5, **OFF))
     total, terms = supervised(output, images, target, dense, 0, (1.0, 1.0, 1.0))
-    outputs = [output.fused, *output.per_modality]
+    outputs = [output.fused, *_upsampled(output)]
     pce = sum(partial_cross_entropy(logits[:1], target[:1]) for logits in outputs)
     dice_ce = sum(dense_loss(logits[1:], target[1:]) for logits in outputs)
-    assert terms["pce"] == pytest.approx(pce.item(), rel=1e-6)
-    assert terms["dense"] == pytest.approx(dice_ce.item(), rel=1e-6)
-    assert total.item() == pytest.approx(pce.item() + 0.5 * dice_ce.item(), rel=1e-6)
-
-    # a voxel outside the dense label (padding, a held-out block) no longer counts
-    target[1, 0, 0, 0, 0] = -1
-    _, masked = supervised(output, images, target, dense, 0, (1.0, 1.0, 1.0))
-    output.fused.data[1, :, 0, 0, 0] += 100.0
-    _, moved = supervised(output, images, target, dense, 0, (1.0, 1.0, 1.0))
-    assert moved["dense"] == pytest.approx(masked["dense"], rel=1e-6)
+    assert terms["pce"] == pytest.approx(pce.item(), rel=1e-5)
+    assert terms["dense"] == pytest.approx(dice_ce.item(), rel=1e-5)
+    assert total.item() == pytest.approx(pce.item() + 0.5 * dice_ce.item(), rel=1e-5)
 
 
 def test_dense_loss_over_labelled_voxels_equals_the_loss_of_the_labelled_part_alone():
@@ -304,15 +346,3 @@ def test_dense_loss_over_labelled_voxels_equals_the_loss_of_the_labelled_part_al
     assert dense_loss(logits, target).item() == pytest.approx(
         dense_loss(logits[..., :2], target[..., :2]).item(), rel=1e-6
     )
-
-
-def test_loss_weights_from_dict():
-    weights = HybridLossWeights.from_dict({"affinity": "0", "consistency": 0.25, "rampup_iterations": "200"})
-    assert weights == HybridLossWeights(affinity=0.0, consistency=0.25, rampup_iterations=200)
-    assert isinstance(weights.rampup_iterations, int)
-    with pytest.raises(ValueError, match="unknown loss weight"):
-        HybridLossWeights.from_dict({"affinty": 1.0})
-    with pytest.raises(ValueError, match=">= 0"):
-        HybridLossWeights.from_dict({"pce": -1})
-    with pytest.raises(ValueError, match="integer"):
-        HybridLossWeights.from_dict({"rampup_iterations": 1.5})

@@ -1,12 +1,12 @@
-"""CmFNet: shapes, missing-modality behaviour, gradients, modality dropout, presets."""
+"""CmFNet: shapes, missing modalities and missing data, gradients, modality dropout, anisotropic strides."""
 
 import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from lib.networks import PRESETS, CmFNet, ModalityFusion, build_cmfnet, random_modality_mask
+from lib.networks.cmfnet import CmFNet, ModalityFusion, random_modality_mask
 
-CHANNELS = (4, 8, 16)  # two downsamplings: spatial sizes must be multiples of 4
+CHANNELS = (4, 8, 16)  # three downsamplings: spatial sizes must be multiples of 8
 
 
 def _net(num_modalities: int) -> CmFNet:
@@ -21,21 +21,21 @@ def test_output_shapes(num_modalities):
     out = net.forward_all(x)
     assert out.fused.shape == (2, 3, 16, 16, 16)
     assert len(out.per_modality) == num_modalities
-    assert all(logits.shape == (2, 3, 16, 16, 16) for logits in out.per_modality)
+    assert all(logits.shape == (2, 3, 8, 8, 8) for logits in out.per_modality)  # the first level's grid
     assert len(out.features) == num_modalities
-    assert all(f.shape == (2, 16, 4, 4, 4) for f in out.features)  # bottleneck: 16 / 2^2
+    assert all(f.shape == (2, 16, 2, 2, 2) for f in out.features)  # bottleneck: 16 / 2^3
     assert out.present.shape == (2, num_modalities) and out.present.all()
     assert torch.allclose(net(x), out.fused, atol=1e-6)
 
 
 def test_fused_output_ignores_an_absent_modality_and_follows_a_present_one():
     net = _net(3)
-    x = torch.randn(2, 3, 8, 8, 8)
+    x = torch.randn(2, 3, 16, 16, 16)
     present = torch.tensor([[True, False, True], [True, True, True]])
     reference = net(x, present=present)
 
     changed_absent = x.clone()
-    changed_absent[0, 1] = torch.randn(8, 8, 8) * 100
+    changed_absent[0, 1] = torch.randn(16, 16, 16) * 100
     assert torch.equal(net(changed_absent, present=present), reference)
     changed_absent[0, 1] = float("nan")
     assert torch.equal(net(changed_absent, present=present), reference)
@@ -53,8 +53,8 @@ def test_every_sample_needs_a_present_modality():
 
 def test_input_checks():
     net = _net(2)
-    with pytest.raises(ValueError, match="divisible by 4"):
-        net(torch.randn(1, 2, 8, 8, 6))
+    with pytest.raises(ValueError, match=r"multiple of \(8, 8, 8\)"):
+        net(torch.randn(1, 2, 8, 8, 12))
     with pytest.raises(ValueError, match=r"\(B, 2, D, H, W\)"):
         net(torch.randn(1, 3, 8, 8, 8))
     with pytest.raises(ValueError, match="bool"):
@@ -63,21 +63,21 @@ def test_input_checks():
 
 def test_present_mask_broadcasts_over_the_batch_and_works_in_a_sliding_window():
     net = _net(2)
-    x = torch.randn(3, 2, 8, 8, 8)
+    x = torch.randn(3, 2, 16, 16, 16)
     only_first = torch.tensor([True, False])
     assert torch.equal(net(x, present=only_first), net(x, present=only_first.expand(3, 2)))
 
     # the inferer batches 2 windows at a time and passes `present` through unchanged
-    image = torch.randn(1, 2, 12, 12, 8)
-    inferer = SlidingWindowInferer(roi_size=(8, 8, 8), sw_batch_size=2, overlap=0.5)
+    image = torch.randn(1, 2, 20, 20, 12)  # not a multiple of 8: the inferer pads
+    inferer = SlidingWindowInferer(roi_size=(16, 16, 16), sw_batch_size=2, overlap=0.5)
     with torch.no_grad():
         out = inferer(image, net, present=only_first[None])
-    assert out.shape == (1, 3, 12, 12, 8)
+    assert out.shape == (1, 3, 20, 20, 12)
 
 
 def test_gradients_reach_every_encoder_through_the_fused_output():
     net = _net(3)
-    net(torch.randn(1, 3, 8, 8, 8)).square().mean().backward()
+    net(torch.randn(1, 3, 16, 16, 16)).square().mean().backward()
     for encoder in net.encoders:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
 
@@ -107,10 +107,29 @@ def test_random_modality_mask_keeps_at_least_one_modality(p_drop):
         random_modality_mask(2, 2, 1.5)
 
 
-def test_presets():
-    assert set(PRESETS) == {"small", "large"}
-    small = build_cmfnet("small", num_modalities=2, num_classes=4)
-    assert small.channels == (8, 16, 32, 64) and small.num_classes == 4
-    assert build_cmfnet("large", 2, 4, channels=(4, 8)).channels == (4, 8)
-    with pytest.raises(ValueError, match="large, small"):
-        build_cmfnet("medium", 2, 4)
+def test_voxels_where_a_companion_has_no_data_take_the_other_modality_only():
+    net = _net(2)
+    torch.manual_seed(1)
+    for fusion in net.fusions:  # non-trivial gates, so the fusion weights depend on the features
+        for gate in fusion.spatial_gates:
+            torch.nn.init.normal_(gate.weight)
+    x = torch.randn(1, 2, 16, 16, 16)
+    x[0, 1, 8:] = float("nan")  # the MR's field of view ends half-way along the first axis
+    out = net(x)
+    assert torch.isfinite(out).all()
+    changed = x.clone()
+    changed[0, 1, :4] += 5.0  # MR data where it exists still matters
+    assert not torch.allclose(net(changed)[0, :, :4], out[0, :, :4])
+    # a sample whose companion has no data anywhere is served as if the companion were absent
+    all_missing = x.clone()
+    all_missing[0, 1] = float("nan")
+    assert torch.allclose(net(all_missing), net(x, present=torch.tensor([True, False])), atol=1e-6)
+
+
+def test_anisotropic_strides_keep_the_few_slices():
+    net = CmFNet(num_modalities=2, num_classes=3, channels=(4, 8, 16), strides=[(2, 2, 1), (2, 2, 1), (2, 2, 2)])
+    assert net.size_divisor == (8, 8, 2)
+    out = net.forward_all(torch.randn(1, 2, 16, 16, 4))
+    assert out.fused.shape == (1, 3, 16, 16, 4)
+    assert out.per_modality[0].shape == (1, 3, 8, 8, 4)
+    assert out.features[0].shape == (1, 16, 2, 2, 2)

@@ -1,0 +1,23 @@
+"""Running a trained network on a case: the network from its plan, and the one sliding-window inferer
+that inference, validation and the benchmarks share."""
+
+from __future__ import annotations
+
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from lib.networks.cmfnet import CmFNet
+from lib.networks.early_fusion import EarlyFusionUNet
+from lib.planning import Plan
+
+
+def build_network(plan: Plan) -> torch.nn.Module:
+    """The network a plan describes (untrained)."""
+    networks = {"cmfnet": CmFNet, "unet": EarlyFusionUNet}
+    return networks[plan.network](plan.num_modalities, plan.num_classes, channels=plan.channels, strides=plan.strides)
+
+
+def sliding_window_inferer(plan: Plan, device: torch.device | str) -> SlidingWindowInferer:
+    """Windows of the plan's patch size with gaussian blending; more overlap where compute is cheap (GPU)."""
+    overlap = 0.5 if torch.device(device).type == "cuda" else 0.25
+    return SlidingWindowInferer(roi_size=plan.patch_size, sw_batch_size=2, overlap=overlap, mode="gaussian")

@@ -1,0 +1,206 @@
+"""Every setting of the server and of a training run: type, default, bounds and meaning, in one place.
+
+`ServerSettings` come from `--conf key value` at start. `TrainSettings` are the parameters of one
+training run: their defaults can be changed with `--conf` too, and a `POST /train/cmfnet` body
+overrides them for that run. Both are parsed and checked once, here; a bad value is an
+`InvalidInput` (422) that names the key and the allowed range.
+
+`python -m lib.settings --readme` writes the table of both into README.md (between the
+`settings` markers), so the table is generated from these classes and cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lib.errors import InvalidInput
+from lib.labels import DEMO_LABELS
+
+# MONAI Label's own keys of a train request (its task adds some, its train task's config others);
+# they pass through unchecked. Any other key must be a TrainSettings field.
+MONAI_LABEL_TRAIN_KEYS = frozenset(
+    {"model", "name", "device", "run_id", "local_rank", "enqueue", "force_sync", "bundle_path", "gpus"}
+    | {"dataset", "dataloader", "tracking", "tracking_uri", "tracking_experiment_name", "tracking_run_name"}
+)
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any], what: str):
+        """Validated settings from a mapping; errors become one InvalidInput naming every bad key."""
+        try:
+            return cls.model_validate(dict(values))
+        except ValidationError as error:
+            problems = []
+            for item in error.errors():
+                key = ".".join(str(part) for part in item["loc"]) or "(body)"
+                problems.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+            raise InvalidInput(f"invalid {what}: " + "; ".join(problems)) from None
+
+
+class LossWeights(_Settings):
+    """Weights of the hybrid loss terms (lib.losses.hybrid); 0 switches a term off."""
+
+    pce: float = Field(1.0, ge=0, le=100, description="partial cross-entropy on the strokes")
+    pseudo: float = Field(1.0, ge=0, le=100, description="cross-entropy on the propagated pseudo labels")
+    dense: float = Field(1.0, ge=0, le=100, description="CE + Dice where a `final` (dense) label exists")
+    affinity: float = Field(1.0, ge=0, le=100, description="intra-modal local-affinity (gated CRF) term")
+    consistency: float = Field(0.5, ge=0, le=100, description="per-modality vs fused prediction agreement")
+    alignment: float = Field(0.1, ge=0, le=100, description="alignment of the modality bottleneck features")
+    rampup_steps: int = Field(100, ge=0, le=1_000_000, description="steps over which the regularizers ramp up")
+
+
+class TrainSettings(_Settings):
+    """One training run. A run stops at `max_steps` or `max_minutes`, whichever comes first."""
+
+    max_steps: int = Field(5000, ge=1, le=10_000_000, description="optimiser steps of a run, at most")
+    max_minutes: float = Field(
+        8.0, gt=0, le=10_080, description="wall-clock minutes of a run, at most, data preparation included"
+    )
+    val_every: int = Field(50, ge=1, le=100_000, description="steps between validations on held-out strokes")
+    learning_rate: float = Field(3e-3, gt=0, le=1, description="peak learning rate (AdamW, polynomial decay)")
+    batch_size: int = Field(2, ge=1, le=64, description="patches per optimiser step (all from one case)")
+    modality_dropout: float = Field(
+        0.2, ge=0, le=1, description="probability of hiding a companion modality from a sample"
+    )
+    propagation: Literal["random_walker", "none"] = Field(
+        "random_walker", description="how strokes are expanded into pseudo labels before learning"
+    )
+    network: Literal["cmfnet", "unet"] = Field(
+        "cmfnet", description="`cmfnet`, or `unet`: one MONAI UNet with the modalities as channels (early fusion)"
+    )
+    pretrained: bool = Field(True, description="start from the published model when its shape fits")
+    multi_gpu: bool = Field(False, description="one process per visible GPU (DDP) when two or more are visible")
+    loss: LossWeights = Field(default_factory=LossWeights, description='loss weights, e.g. `{"affinity": 0}`')
+
+    @classmethod
+    def from_request(cls, request: Mapping[str, Any], defaults: TrainSettings | None = None) -> TrainSettings:
+        """`defaults` (the server's) updated with a train request's own keys; MONAI Label's keys pass through."""
+        base = (defaults or cls()).model_dump()
+        own = {k: v for k, v in request.items() if k not in MONAI_LABEL_TRAIN_KEYS}
+        if isinstance(own.get("loss"), Mapping):
+            own["loss"] = {**base["loss"], **own["loss"]}
+        return cls.parse({**base, **own}, "train parameters")
+
+
+class ServerSettings(_Settings):
+    """The server's `--conf` keys (`TrainSettings` keys are accepted too, as the default of every run)."""
+
+    models: str = Field("cmfnet", description="models to serve (one per file in `lib/configs/`)")
+    labels: str = Field(
+        json.dumps(DEMO_LABELS, separators=(",", ":")), description="class name -> id (1..K), JSON without spaces"
+    )
+    modalities: str = Field("ct,mr", description="reference first, then companions (their folder names)")
+    preset: Literal["auto", "small", "large"] = Field(
+        "auto", description="network width: `small` (CPU), `large` (GPU), `auto` by the training device"
+    )
+    auto_train: bool = Field(True, description="start training by itself when annotations are stored")
+    auto_train_delay: float = Field(
+        5.0, ge=0, le=3600, description="seconds to wait after a save before training (saves meanwhile are batched)"
+    )
+    auto_train_minutes: float = Field(5.0, gt=0, le=10_080, description="`max_minutes` of an automatic run")
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, value: str) -> str:
+        names = [m.strip().lower() for m in value.split(",") if m.strip()]
+        if not names or len(set(names)) != len(names):
+            raise ValueError("give one or more distinct modality names, reference first, e.g. ct,mr")
+        return ",".join(names)
+
+    @property
+    def modality_list(self) -> list[str]:
+        return self.modalities.split(",")
+
+
+def parse_conf(conf: Mapping[str, str]) -> tuple[ServerSettings, TrainSettings]:
+    """Server settings and the default train settings from MONAI Label's `--conf` dict (all strings)."""
+    server_keys = set(ServerSettings.model_fields)
+    train_keys = set(TrainSettings.model_fields)
+    unknown = sorted(set(conf) - server_keys - train_keys - {"use_pretrained_model", "skip_scoring"})
+    if unknown:
+        raise InvalidInput(f"unknown --conf key(s) {unknown}; known: {sorted(server_keys | train_keys)}")
+    server = ServerSettings.parse({k: v for k, v in conf.items() if k in server_keys}, "--conf")
+    train = {k: v for k, v in conf.items() if k in train_keys}
+    if "loss" in train:
+        train["loss"] = _json(train["loss"], "--conf loss")
+    return server, TrainSettings.from_request(train)
+
+
+def _json(text: Any, what: str) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"{what} must be JSON: {error}") from None
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from the classes above."""
+    rows = ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+    sections = [("", ServerSettings), ("", TrainSettings), ("loss.", LossWeights)]
+    for prefix, cls in sections:
+        for name, field in cls.model_fields.items():
+            if name == "loss":
+                continue
+            default = field.get_default(call_default_factory=True)
+            rows.append(
+                f"| `{prefix}{name}` | {_type_name(field.annotation)} | `{_show(default)}` | {_bounds(field)} | "
+                f"{field.description} |"
+            )
+    return "\n".join(rows)
+
+
+def _type_name(annotation) -> str:
+    args = getattr(annotation, "__args__", None)
+    if args and getattr(annotation, "__origin__", None) is Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in args)
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _show(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _bounds(field) -> str:
+    limits = []
+    for item in field.metadata:
+        for attribute, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(item, attribute, None) is not None:
+                limits.append(f"{sign} {getattr(item, attribute)}")
+    return ", ".join(limits) or "-"
+
+
+def write_readme_table(readme: Path) -> bool:
+    """Replace the table between the README's `settings` markers; False when the markers are missing."""
+    start, end = "<!-- settings:start -->", "<!-- settings:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        return False
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    readme.write_text(f"{before}{start}\n{markdown_table()}\n{end}{after}")
+    return True
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Print the settings table, or write it into README.md.")
+    parser.add_argument("--readme", type=Path, nargs="?", const=Path("README.md"), help="README to update")
+    args = parser.parse_args(argv)
+    if args.readme is None:
+        print(markdown_table())
+    elif not write_readme_table(args.readme):
+        parser.exit(1, f"{args.readme} has no <!-- settings:start --> / <!-- settings:end --> markers\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""What bounds and reports a training run: steps, minutes, validations, the best model, progress.
+
+One ignite handler on the trainer does all of it, because they share one clock:
+
+- the learning rate follows lib.training.poly_learning_rate of the run's progress;
+- a validation (the evaluator: accuracy on held-out strokes) runs at the start when the run
+  fine-tunes a published model (that score is the one to beat), every `val_every` steps, and
+  once more when the run stops between two of them;
+- the run stops at `max_steps`, or early enough that its last validation and publication end
+  within `max_minutes` (counted from the start of the train request, data preparation included);
+- each validation that beats the best so far is published at once (lib.model_files), so a first
+  useful model is served early and better ones replace it;
+- progress (step, loss, held-out accuracy, elapsed, estimated time left) goes to the log, which
+  MONAI Label shows in `GET /train/`, and to the stats file that `/info` shows as `train_stats`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ignite.engine import Engine, Events
+
+from lib.training import poly_learning_rate, run_progress
+
+logger = logging.getLogger(__name__)
+
+LOG_EVERY_SECONDS = 10.0
+
+
+class RunBudget:
+    def __init__(
+        self,
+        evaluator: Engine | None,
+        metric_name: str,
+        publish: Callable[[], None],
+        stats_path: Path,
+        max_steps: int,
+        max_seconds: float,
+        val_every: int,
+        peak_learning_rate: float,
+        started_at: float,
+        validate_first: bool,
+        details: dict,
+    ):
+        self.evaluator = evaluator
+        self.metric_name = metric_name
+        self.publish = publish
+        self.stats_path = Path(stats_path)
+        self.max_steps = max_steps
+        self.max_seconds = max_seconds
+        self.val_every = val_every
+        self.peak = peak_learning_rate
+        self.started_at = started_at
+        self.validate_first = validate_first
+        self.details = details
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.last_score: float | None = None
+        self.last_validated_step: int | None = None
+        self.validation_seconds = 0.0
+        self.step_seconds = 0.0
+        self.loss = math.nan
+        self._last_log = 0.0
+        self._steps_timed = 0
+
+    def attach(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.STARTED, self._started)
+        trainer.add_event_handler(Events.ITERATION_STARTED, self._set_learning_rate)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        trainer.add_event_handler(Events.COMPLETED, self._completed)
+
+    # ---- clock ------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.time() - self.started_at
+
+    def progress(self, step: int) -> float:
+        return run_progress(step, self.max_steps, self.elapsed(), self.max_seconds)
+
+    def eta_seconds(self, step: int) -> float:
+        steps_left = self.max_steps - step
+        by_steps = steps_left * self.step_seconds + self.validation_seconds * math.ceil(steps_left / self.val_every)
+        return max(0.0, min(by_steps, self.max_seconds - self.elapsed()))
+
+    # ---- events -----------------------------------------------------------------------------------
+    def _started(self, trainer: Engine) -> None:
+        self._iteration_started_at = time.time()
+        if self.validate_first:
+            self._validate(trainer, "the published model, before training")
+        self._write(trainer, "running")
+
+    def _set_learning_rate(self, trainer: Engine) -> None:
+        rate = poly_learning_rate(self.peak, self.progress(trainer.state.iteration - 1))
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = rate
+        self._iteration_started_at = time.time()
+
+    def _iteration_completed(self, trainer: Engine) -> None:
+        step = trainer.state.iteration
+        seconds = time.time() - self._iteration_started_at
+        self._steps_timed += 1
+        self.step_seconds += (seconds - self.step_seconds) / min(self._steps_timed, 20)  # running mean
+        output = trainer.state.output or {}
+        self.loss = float(output.get("loss", math.nan)) if isinstance(output, dict) else math.nan
+        if step % self.val_every == 0:
+            self._validate(trainer, f"step {step}")
+        if step >= self.max_steps or self._out_of_time():
+            logger.info(f"Stopping at step {step}: {'step' if step >= self.max_steps else 'time'} limit")
+            trainer.terminate()
+            return
+        if time.time() - self._last_log >= LOG_EVERY_SECONDS:
+            self._report(trainer)
+
+    def _completed(self, trainer: Engine) -> None:
+        if self.last_validated_step != trainer.state.iteration:
+            self._validate(trainer, f"step {trainer.state.iteration} (end of run)")
+        self._write(trainer, "done")
+        logger.info(
+            f"Training done: {trainer.state.iteration} steps in {self.elapsed():.0f} s; best held-out accuracy "
+            f"{self.best if self.best is not None else float('nan'):.4f} at step {self.best_step}"
+        )
+
+    def _out_of_time(self) -> bool:
+        """True when one more step, a validation and a publication would not end within the budget."""
+        reserve = self.step_seconds + 1.5 * self.validation_seconds + 5.0
+        return self.elapsed() + reserve >= self.max_seconds
+
+    def _validate(self, trainer: Engine, when: str) -> None:
+        step = trainer.state.iteration
+        self.last_validated_step = step
+        if self.evaluator is None:
+            return
+        start = time.time()
+        self.evaluator.run()
+        self.validation_seconds = time.time() - start
+        score = float(self.evaluator.state.metrics.get(self.metric_name, math.nan))
+        self.last_score = score
+        improved = math.isfinite(score) and (self.best is None or score > self.best)
+        if improved:
+            self.best, self.best_step = score, step
+            if step > 0 or not self.validate_first:  # the published model itself needs no publishing
+                self.publish()
+        logger.info(
+            f"Validation at {when}: held-out stroke accuracy {score:.4f} "
+            f"({'new best, published' if improved and step > 0 else f'best {self.best:.4f}'}); "
+            f"{self.validation_seconds:.1f} s"
+        )
+        self._write(trainer, "running")
+
+    def _report(self, trainer: Engine) -> None:
+        self._last_log = time.time()
+        step = trainer.state.iteration
+        logger.info(
+            f"Progress: step {step}/{self.max_steps}, loss {self.loss:.4f}, held-out accuracy "
+            f"{self.last_score if self.last_score is not None else float('nan'):.4f} (best "
+            f"{self.best if self.best is not None else float('nan'):.4f}), {self.elapsed():.0f} s elapsed, "
+            f"about {self.eta_seconds(step):.0f} s left"
+        )
+        self._write(trainer, "running")
+
+    def _write(self, trainer: Engine, status: str) -> None:
+        step = trainer.state.iteration
+        stats = {
+            **self.details,
+            "status": status,
+            "step": step,
+            "max_steps": self.max_steps,
+            "elapsed_seconds": round(self.elapsed(), 1),
+            "max_seconds": round(self.max_seconds, 1),
+            "eta_seconds": round(self.eta_seconds(step), 1) if status == "running" else 0.0,
+            "seconds_per_step": round(self.step_seconds, 3),
+            "loss": None if math.isnan(self.loss) else round(self.loss, 5),
+            "held_out_accuracy": self.last_score,
+            "best_metric": self.best,
+            "best_step": self.best_step,
+            "learning_rate": trainer.optimizer.param_groups[0]["lr"],
+        }
+        partial = self.stats_path.with_name(self.stats_path.name + ".partial")
+        partial.write_text(json.dumps(stats, indent=2))
+        os.replace(partial, self.stats_path)

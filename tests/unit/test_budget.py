@@ -1,0 +1,88 @@
+"""A run's budget on real ignite engines: step and time limits, the best model published, progress written."""
+
+import json
+import time
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from lib.trainers.budget import RunBudget
+
+
+def engines(scores: list[float], step_seconds: float = 0.0):
+    """A trainer whose steps take `step_seconds`, and an evaluator that reports `scores` in turn."""
+    trainer = Engine(lambda engine, batch: time.sleep(step_seconds) or {"loss": 1.0 / engine.state.iteration})
+    trainer.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    evaluator = Engine(lambda engine, batch: None)
+    remaining = list(scores)
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def score(engine):
+        engine.state.metrics["acc"] = remaining.pop(0) if remaining else 0.0
+
+    return trainer, evaluator
+
+
+def budget(trainer, evaluator, published, tmp_path, **overrides):
+    """A RunBudget that records the step of every publication in `published`."""
+    options = {
+        "evaluator": evaluator,
+        "metric_name": "acc",
+        "publish": lambda: published.append(trainer.state.iteration),
+        "stats_path": tmp_path / "train_stats.json",
+        "max_steps": 6,
+        "max_seconds": 600.0,
+        "val_every": 2,
+        "peak_learning_rate": 0.01,
+        "started_at": time.time(),
+        "validate_first": False,
+        "details": {"run_id": "test"},
+    }
+    return RunBudget(**{**options, **overrides})
+
+
+def run(trainer, evaluator, rb, steps=1000):
+    rb.attach(trainer)
+    original = evaluator.run
+    evaluator.run = lambda: original([0], max_epochs=1)  # one batch per validation
+    trainer.run([0] * steps, max_epochs=1)
+
+
+def test_stops_at_the_step_limit_and_publishes_the_best_model_not_the_last(tmp_path):
+    trainer, evaluator = engines([0.5, 0.8, 0.6])  # validations at steps 2, 4, 6
+    published = []
+    rb = budget(trainer, evaluator, published, tmp_path)
+    run(trainer, evaluator, rb)
+    assert trainer.state.iteration == 6
+    assert published == [2, 4]  # 0.6 at step 6 is worse than 0.8: not published
+    stats = json.loads((tmp_path / "train_stats.json").read_text())
+    assert stats["status"] == "done" and stats["step"] == 6
+    assert stats["best_metric"] == pytest.approx(0.8) and stats["best_step"] == 4
+
+
+def test_stops_early_enough_for_its_time_limit(tmp_path):
+    trainer, evaluator = engines([0.1 * i for i in range(1, 100)], step_seconds=0.2)
+    rb = budget(trainer, evaluator, [], tmp_path, max_steps=1000, max_seconds=7.0, val_every=5)
+    start = time.time()
+    run(trainer, evaluator, rb)
+    elapsed = time.time() - start
+    assert 5 < trainer.state.iteration < 1000
+    assert elapsed <= 7.0  # the reserve (a step, a validation, 5 s) keeps the run inside its budget
+
+
+def test_fine_tuning_must_beat_the_served_model_first(tmp_path):
+    trainer, evaluator = engines([0.9, 0.5, 0.95])  # served model 0.9 at the start, then steps 2 and 4
+    published = []
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=4, validate_first=True)
+    run(trainer, evaluator, rb)
+    assert published == [4]
+
+
+def test_learning_rate_decays_with_progress(tmp_path):
+    trainer, evaluator = engines([0.5] * 10)
+    rates = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: rates.append(e.optimizer.param_groups[0]["lr"]))
+    run(trainer, evaluator, budget(trainer, evaluator, [], tmp_path, max_steps=4))
+    assert rates[0] == pytest.approx(0.01)
+    assert rates == sorted(rates, reverse=True) and rates[-1] < 0.01 * (1 - 3 / 4) ** 0.9 + 1e-9
