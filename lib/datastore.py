@@ -15,6 +15,8 @@
 - answers unknown image ids with a 404, not an empty path that fails later;
 - reads uploaded images before storing them, and with params `{"modality": "mr"}` stores
   `PUT /datastore/image?image=ID` as the MR companion of case ID (`<studies>/mr/ID.<ext>`).
+
+Both check every image id and label tag as a name first (lib.names.checked_names).
 """
 
 import logging
@@ -32,6 +34,7 @@ from monailabel.datastore.utils.convert import binary_to_image
 
 from lib.errors import InvalidInput, NotFound
 from lib.labels import LabelSet
+from lib.names import checked_names
 from lib.transforms.modalities import load_volume
 
 logger = logging.getLogger(__name__)
@@ -125,6 +128,7 @@ class ScribbleStore:
             os.unlink(converted)
 
 
+@checked_names
 class CmfnetDatastore(ScribbleStore, LocalDatastore):
     def __init__(self, datastore_path: str, labels: LabelSet, companions: list[str], **kwargs):
         self._init_scribble_store(labels, companions)
