@@ -28,3 +28,11 @@ class NotReady(HTTPException):
 
     def __init__(self, detail: str):
         super().__init__(status_code=409, detail=detail)
+
+
+class Conflict(HTTPException):
+    """The request would overwrite or orphan stored annotations: 409."""
+
+    def __init__(self, detail: str):
+        super().__init__(status_code=409, detail=detail)
+
