@@ -36,3 +36,9 @@ class Conflict(HTTPException):
     def __init__(self, detail: str):
         super().__init__(status_code=409, detail=detail)
 
+
+class Busy(HTTPException):
+    """The model workers' queue is full: 503 with Retry-After (seconds)."""
+
+    def __init__(self, detail: str, retry_after: int):
+        super().__init__(status_code=503, detail=detail, headers={"Retry-After": str(retry_after)})
