@@ -29,6 +29,8 @@ from lib.dicomweb.datastore import dicomweb_datastore
 from lib.labels import LabelSet
 from lib.retraining import AutoRetrainer
 from lib.scribbles.request import prepare_scribbles_request
+from lib.server import install
+from lib.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class CmFNetLabelApp(MONAILabelApp):
         first = next(iter(self.models.values()))
         self.label_set = LabelSet(first.labels)
         self.companions = first.modalities[1:]
+        self.model_workers = WorkerPool.from_conf(conf)  # inference off the event loop (lib.server)
         self.retrainers = {}
         if strtobool(conf.get("auto_train", "true")):
             budget = {"max_epochs": int(conf.get("auto_train_epochs", 10))}
@@ -108,6 +111,9 @@ class CmFNetLabelApp(MONAILabelApp):
     def init_trainers(self):
         return {name: config.trainer() for name, config in self.models.items()}
 
+    def info(self):
+        return {**super().info(), "model_workers": self.model_workers.status()}
+
     def infer(self, request, datastore=None):
         task = self._infers.get(request.get("model"))
         if task is not None and task.type == InferType.SCRIBBLES:
@@ -122,6 +128,7 @@ class CmFNetLabelApp(MONAILabelApp):
 
     def on_init_complete(self):
         super().on_init_complete()
+        install_server_guard(self)
         unpublished = [name for name in self.retrainers if not os.path.exists(self.models[name].path)]
         if unpublished and self._has_annotations():
             logger.info(f"Annotations but no published model for {unpublished}: training in the background")
@@ -136,3 +143,10 @@ class CmFNetLabelApp(MONAILabelApp):
     def _annotations_changed(self):
         for retrainer in self.retrainers.values():
             retrainer.request()
+
+
+def install_server_guard(instance: CmFNetLabelApp) -> None:
+    """Guard, routes and CORS policy of lib.server on MONAI Label's web app (only the server has one)."""
+    from monailabel.app import app
+
+    install(app, instance, instance.model_workers)
