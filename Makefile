@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo_data
 STUDIES ?= $(DEMO)/studies
+# The address `make serve` listens on: this machine only. HOST=0.0.0.0 opens it to the network
+# (put TLS and authentication in front first: README, Security).
+HOST ?= 127.0.0.1
 PORT ?= 8000
 CONF ?=
 
@@ -36,7 +39,7 @@ demo: setup
 	$(PY) -m lib.data.demo --out $(DEMO)
 
 serve: demo
-	$(PY) -m monailabel.main start_server --app apps/cmfnet --studies $(STUDIES) --port $(PORT) \
+	$(PY) -m monailabel.main start_server --app apps/cmfnet --studies $(STUDIES) --host $(HOST) --port $(PORT) \
 		--conf models cmfnet $(CONF)
 
 test: setup browser-deps
