@@ -13,8 +13,10 @@ CONF ?=
 SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
 # playwright-core (npm) drives that Chromium in the OHIF test; it never downloads a browser
 BROWSER_TESTS := tests/browser
+# oidc-provider (npm), the OpenID Connect provider the authentication tests run
+OIDC_TESTS := tests/oidc
 
-.PHONY: setup system-deps browser-deps demo serve test lint
+.PHONY: setup system-deps browser-deps oidc-deps demo serve test lint
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +37,12 @@ $(BROWSER_TESTS)/node_modules/.installed: $(BROWSER_TESTS)/package.json $(BROWSE
 	npm ci --prefix $(BROWSER_TESTS) --no-audit --no-fund
 	touch $@
 
+oidc-deps: $(OIDC_TESTS)/node_modules/.installed
+
+$(OIDC_TESTS)/node_modules/.installed: $(OIDC_TESTS)/package.json $(OIDC_TESTS)/package-lock.json
+	npm ci --prefix $(OIDC_TESTS) --no-audit --no-fund
+	touch $@
+
 demo: setup
 	$(PY) -m lib.data.demo --out $(DEMO)
 
@@ -42,7 +50,7 @@ serve: demo
 	$(PY) -m monailabel.main start_server --app apps/cmfnet --studies $(STUDIES) --host $(HOST) --port $(PORT) \
 		--conf models cmfnet $(CONF)
 
-test: setup browser-deps
+test: setup browser-deps oidc-deps
 	$(PY) -m pytest -q
 
 lint: setup
