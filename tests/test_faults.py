@@ -263,12 +263,30 @@ def test_params_that_are_not_a_json_object_are_refused(server, tmp_path, text):
     assert snapshot(server.studies) == before
 
 
-def test_unknown_model_is_404(server):
+def test_unknown_model_strategy_or_scoring_method_is_404(server):
     for response in (
         server.http.post("/infer/no_such_model?image=case_002"),
         server.http.post("/batch/infer/no_such_model", json={}),
     ):
         assert_refused(response, 404, "no_such_model", "cmfnet")
+    assert_refused(server.http.post("/activelearning/no_such_strategy", json={}), 404, "random")
+    assert_refused(server.http.post("/scoring/no_such_method", json={}), 404, "no_such_method")
+    assert server.http.get("/scoring/").status_code == 404, "no scoring task was started"
+
+
+def test_inference_without_an_image_or_with_an_impossible_output_is_422(server):
+    assert_refused(server.http.post("/infer/cmfnet"), 422, "?image=ID")
+    assert_refused(server.http.post("/infer/cmfnet?image=case_002&output=dicom_seg"), 422, "DICOMweb")
+
+
+def test_updating_the_info_of_an_unknown_image_or_label_is_404(server):
+    before = snapshot(server.studies)
+    info = {"info": json.dumps({"note": "x"})}
+    response = server.http.put("/datastore/image/info", params={"image": "no_such_case"}, data=info)
+    assert_refused(response, 404, "no_such_case")
+    response = server.http.put("/datastore/label/info", params={"label": "case_002", "tag": "final"}, data=info)
+    assert_refused(response, 404, "case_002")
+    assert snapshot(server.studies) == before
 
 
 def test_bad_segment_id_in_label_info_is_refused(server, tmp_path):

@@ -13,6 +13,8 @@ again.
   token, DESIGN §3) is overridden by the user the guard verified, so MONAI Label's own role
   checks see our verified roles.
 - Routes: lib.server.routes, with model work on the app's worker pool (lib.workers).
+- MONAI Label's own errors (`MONAILabelException`, which it raises and leaves to become a bare
+  500) answer with their message: 404 for an image or label not found, 422 for invalid input.
 """
 
 import functools
@@ -21,9 +23,16 @@ import logging
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware import Middleware
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import User, get_current_user
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.exception import (
+    ImageNotFoundException,
+    LabelNotFoundException,
+    MONAILabelError,
+    MONAILabelException,
+)
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from lib.security.roles import ROUTE_RULES
@@ -59,6 +68,7 @@ def install(app: FastAPI, instance: MONAILabelApp, pool: WorkerPool) -> None:
     routes = functools.cache(lambda: checked_route_entries(app))
     middleware.append(Middleware(RequestGuard, routes=routes, scribbles_models=scribbles_models, verifier=verifier))
     app.user_middleware = middleware
+    app.exception_handlers[MONAILabelException] = monailabel_error
     app.middleware_stack = app.build_middleware_stack()
     logger.info(
         f"Server guard installed: authentication {'on' if verifier else 'off'}, CORS origins {origins or 'none'}, "
@@ -73,6 +83,14 @@ def checked_route_entries(app: FastAPI):
         if key not in ROUTE_RULES:
             logger.warning(f"route {key} has no rule in lib/security/roles.py: only admins may use it")
     return entries
+
+
+async def monailabel_error(request: Request, error: MONAILabelException) -> JSONResponse:
+    if isinstance(error, ImageNotFoundException | LabelNotFoundException):
+        status = 404
+    else:
+        status = 422 if error.error == MONAILabelError.INVALID_INPUT else 500
+    return JSONResponse({"detail": error.msg}, status)
 
 
 async def user_verified_by_guard(request: Request) -> User:

@@ -9,7 +9,8 @@ MONAI Label's by lib.server.install and hidden from the API docs (which show MON
 - Datastore writes are plain functions, which FastAPI runs in its thread pool: they never
   wait behind inference, and never hold up the event loop.
 - Refused with a 4xx and a message before anything runs: JSON form fields (`params`, `info`)
-  that do not parse or are not an object (422); an unknown model (404); `params` that would
+  that do not parse or are not an object (422); an unknown model, strategy or scoring method
+  (404); inference with no image, or DICOM SEG output without a DICOMweb datastore (422); `params` that would
   set the request's own `image`, `model` or `label` (server paths otherwise; 422); results to
   be saved under a tag that holds human annotations (409; the datastore refuses them too).
 """
@@ -18,9 +19,12 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, UploadFile
+from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.endpoints import activelearning as activelearning_endpoint
 from monailabel.endpoints import batch_infer as batch_endpoint
 from monailabel.endpoints import datastore as datastore_endpoint
 from monailabel.endpoints import infer as infer_endpoint
+from monailabel.endpoints import scoring as scoring_endpoint
 from monailabel.endpoints.user.auth import User, get_current_user
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import DefaultLabelTag
@@ -50,9 +54,12 @@ def json_object(text: str | None, field: str) -> dict[str, Any]:
 def build_router(instance: MONAILabelApp, pool: WorkerPool) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
+    def known(name: str, registry: dict, what: str) -> None:
+        if name not in registry:
+            raise NotFound(f"no {what} '{name}' on this server; its {what}s are {sorted(registry)}")
+
     def known_model(model: str) -> None:
-        if model not in instance._infers:  # MONAI Label's own registry of infer tasks
-            raise NotFound(f"no model '{model}' on this server; its models are {sorted(instance._infers)}")
+        known(model, instance._infers, "model")  # MONAI Label's own registries of the app's tasks
 
     def check_output_tag(params: dict[str, Any]) -> None:
         """Results saved as labels must go under a name and never where human annotations are."""
@@ -71,6 +78,10 @@ def build_router(instance: MONAILabelApp, pool: WorkerPool) -> APIRouter:
         output: infer_endpoint.ResultType | None = None,
     ):
         known_model(model)
+        if not (image or file or session_id):
+            raise InvalidInput("name the image (?image=ID), upload it (field `file`) or give a session_id")
+        if output == infer_endpoint.ResultType.dicom_seg and not isinstance(instance.datastore(), DICOMWebDatastore):
+            raise InvalidInput("output=dicom_seg needs a DICOMweb datastore (a PACS); ask for image or json")
         values = json_object(params, "params")
         reserved = sorted(set(RESERVED_PARAMS) & set(values))
         if reserved:
@@ -99,6 +110,16 @@ def build_router(instance: MONAILabelApp, pool: WorkerPool) -> APIRouter:
         if run_sync:
             return await pool.run(batch_endpoint.run, model, images, params, run_sync)
         return batch_endpoint.run(model, images, params, run_sync)
+
+    @router.post("/activelearning/{strategy}")
+    def next_sample(strategy: str, user: CurrentUser, params: dict | None = None):
+        known(strategy, instance._strategies, "strategy")
+        return activelearning_endpoint.sample(strategy, params, user.username)
+
+    @router.post("/scoring/{method}")
+    def run_scoring(method: str, params: dict | None = None, run_sync: bool | None = False):
+        known(method, instance._scoring_methods, "scoring method")
+        return scoring_endpoint.run_method(method, params, run_sync)
 
     @router.put("/datastore/image")
     @router.put("/datastore/")
