@@ -182,6 +182,8 @@ def test_realm_roles_decide_what_each_user_may_do(realm_server, realm, tmp_path)
 
     assert status(upload_image(realm_server, tmp_path, admin, "by_admin")) == 200
     assert status(http.delete("/datastore/image", params={"id": "by_admin"}, headers=bearer(admin))) == 200
+    assert status(http.post("/train/cmfnet", json={"max_epochs": 1}, headers=bearer(admin))) == 200
+    assert status(http.delete("/train/", headers=bearer(admin))) == 200
     detail = http.post("/train/", headers=bearer(user)).json()["detail"]
     assert "admin" in detail
 

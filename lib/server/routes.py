@@ -10,9 +10,10 @@ MONAI Label's by lib.server.install and hidden from the API docs (which show MON
   wait behind inference, and never hold up the event loop.
 - Refused with a 4xx and a message before anything runs: JSON form fields (`params`, `info`)
   that do not parse or are not an object (422); an unknown model, strategy or scoring method
-  (404); inference with no image, or DICOM SEG output without a DICOMweb datastore (422); `params` that would
-  set the request's own `image`, `model` or `label` (server paths otherwise; 422); results to
-  be saved under a tag that holds human annotations (409; the datastore refuses them too).
+  (404); inference without an image, or DICOM SEG output without a DICOMweb datastore (422);
+  `params` that would set the request's own `image`, `model` or `label` (server paths
+  otherwise; 422); results to be saved under a tag that holds human annotations (409; the
+  datastore refuses them too).
 """
 
 import json
@@ -59,7 +60,7 @@ def build_router(instance: MONAILabelApp, pool: WorkerPool) -> APIRouter:
             raise NotFound(f"no {what} '{name}' on this server; its {what}s are {sorted(registry)}")
 
     def known_model(model: str) -> None:
-        known(model, instance._infers, "model")  # MONAI Label's own registries of the app's tasks
+        known(model, instance._infers, "model")  # MONAI Label's own registry of the app's infer tasks
 
     def check_output_tag(params: dict[str, Any]) -> None:
         """Results saved as labels must go under a name and never where human annotations are."""
