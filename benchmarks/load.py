@@ -73,6 +73,7 @@ def run_phase(url: str, clients: int, requests_per_client: int, images: list[str
     read_thread.join()
     return {
         "clients": clients,
+        "load_average": os.getloadavg()[0],  # the whole machine's, over the last minute
         "wall_s": wall,
         "infer_per_minute": 60 * len(inferences) / wall,
         "infer": percentiles(inferences),
@@ -87,13 +88,14 @@ def training_running(http: httpx.Client) -> bool:
 
 def markdown(results: dict) -> str:
     lines = [
-        f"Command: `python -m benchmarks.load {results['args']}` on {results['machine']}; "
+        f"Command: `{' '.join(['python -m benchmarks.load', *results['args']])}` on {results['machine']}; "
         f"server: {results['server']}. Latency in seconds (p50 / p95, max for the reads); the reads are "
-        f"`GET /info/` and `GET /datastore/?output=all`, sent every {READ_INTERVAL} s while the inferences run.",
+        f"`GET /info/` and `GET /datastore/?output=all`, sent every {READ_INTERVAL} s while the inferences run. "
+        "Load: the machine's 1-minute load average at the end of each phase (other work on it included).",
         "",
         "| training run | clients | /infer p50 | /infer p95 | inferences / min | /info p50 | /info p95 | /info max "
-        "| datastore p50 | datastore p95 | datastore max |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| datastore p50 | datastore p95 | datastore max | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for phase in results["phases"]:
         i, info, ds = phase["infer"], phase["info"], phase["datastore"]
@@ -103,7 +105,7 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {training} | {phase['clients']} | {i['p50']:.2f} | {i['p95']:.2f} | {phase['infer_per_minute']:.1f} "
             f"| {info['p50']:.3f} | {info['p95']:.3f} | {info['max']:.3f} "
-            f"| {ds['p50']:.3f} | {ds['p95']:.3f} | {ds['max']:.3f} |"
+            f"| {ds['p50']:.3f} | {ds['p95']:.3f} | {ds['max']:.3f} | {phase['load_average']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -123,7 +125,7 @@ def main(argv=None) -> dict:
     clients = [int(c) for c in args.clients.split(",")]
 
     results = {
-        "args": " ".join(argv),
+        "args": argv,
         "machine": f"{describe_machine(torch.device('cpu'))}, load average {os.getloadavg()[0]:.1f} at start",
         "server": "monailabel start_server, 1 model worker, 16 waiting places, CPU inference",
         "phases": [],
