@@ -9,7 +9,6 @@ times, instead of piling up until clients time out.
 """
 
 import asyncio
-import logging
 import math
 import threading
 import time
@@ -20,8 +19,6 @@ from typing import Any
 from monailabel.utils.others.generic import handle_torch_linalg_multithread
 
 from lib.errors import Busy
-
-logger = logging.getLogger(__name__)
 
 # weight of the newest run in the running mean of run times (for Retry-After)
 SMOOTHING = 0.2
