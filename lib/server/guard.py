@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 
 from monailabel.endpoints.user.auth import User
+from starlette._utils import get_route_path  # the path the routers match (without a --root_path prefix)
 from starlette.datastructures import Headers, QueryParams
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -48,7 +49,7 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        key, path_params = match(self.routes(), scope["method"], scope["path"])
+        key, path_params = match(self.routes(), scope["method"], get_route_path(scope))
         refusal = None
         if self.verifier is not None:
             refusal = await self._authorize(scope, key, path_params)
