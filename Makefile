@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo_data
 STUDIES ?= $(DEMO)/studies
+# The address `make serve` listens on: this machine only. HOST=0.0.0.0 opens it to the network
+# (put TLS and authentication in front first: README, Security).
+HOST ?= 127.0.0.1
 PORT ?= 8000
 CONF ?=
 
@@ -10,8 +13,10 @@ CONF ?=
 SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
 # playwright-core (npm) drives that Chromium in the OHIF test; it never downloads a browser
 BROWSER_TESTS := tests/browser
+# oidc-provider (npm), the OpenID Connect provider the authentication tests run
+OIDC_TESTS := tests/oidc
 
-.PHONY: setup system-deps browser-deps demo serve test lint
+.PHONY: setup system-deps browser-deps oidc-deps demo serve test lint
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,14 +37,20 @@ $(BROWSER_TESTS)/node_modules/.installed: $(BROWSER_TESTS)/package.json $(BROWSE
 	npm ci --prefix $(BROWSER_TESTS) --no-audit --no-fund
 	touch $@
 
+oidc-deps: $(OIDC_TESTS)/node_modules/.installed
+
+$(OIDC_TESTS)/node_modules/.installed: $(OIDC_TESTS)/package.json $(OIDC_TESTS)/package-lock.json
+	npm ci --prefix $(OIDC_TESTS) --no-audit --no-fund
+	touch $@
+
 demo: setup
 	$(PY) -m lib.data.demo --out $(DEMO)
 
 serve: demo
-	$(PY) -m monailabel.main start_server --app apps/cmfnet --studies $(STUDIES) --port $(PORT) \
+	$(PY) -m monailabel.main start_server --app apps/cmfnet --studies $(STUDIES) --host $(HOST) --port $(PORT) \
 		--conf models cmfnet $(CONF)
 
-test: setup browser-deps
+test: setup browser-deps oidc-deps
 	$(PY) -m pytest -q
 
 lint: setup

@@ -28,3 +28,17 @@ class NotReady(HTTPException):
 
     def __init__(self, detail: str):
         super().__init__(status_code=409, detail=detail)
+
+
+class Conflict(HTTPException):
+    """The request would overwrite or orphan stored annotations: 409."""
+
+    def __init__(self, detail: str):
+        super().__init__(status_code=409, detail=detail)
+
+
+class Busy(HTTPException):
+    """The model workers' queue is full: 503 with Retry-After (seconds)."""
+
+    def __init__(self, detail: str, retry_after: int):
+        super().__init__(status_code=503, detail=detail, headers={"Retry-After": str(retry_after)})

@@ -56,10 +56,12 @@ def running_server(
     conf: dict[str, str] | None = None,
     startup_timeout: float = 180,
     env: dict[str, str] | None = None,
+    probe: str = "/info/",
 ):
     """Start `monailabel start_server` on a copy of the app (so models and logs stay in `tmp`).
 
-    `env` adds environment variables, e.g. MONAI_LABEL_* settings."""
+    `env` adds environment variables, e.g. MONAI_LABEL_* settings; the server is up when `probe`
+    answers 200 (with authentication on, pick a route that needs no token)."""
     app = tmp / "app"
     app.mkdir(parents=True, exist_ok=True)
     shutil.copy(APP / "main.py", app / "main.py")
@@ -84,7 +86,7 @@ def running_server(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_serving(process, f"{url}/info/", tmp / "server.log", startup_timeout, "server")
+        wait_until_serving(process, f"{url}{probe}", tmp / "server.log", startup_timeout, "server")
         yield Server(url=url, app_dir=app, studies=studies, log=tmp / "server.log")
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # the server and its training subprocesses

@@ -29,6 +29,8 @@ from lib.dicomweb.datastore import dicomweb_datastore
 from lib.labels import LabelSet
 from lib.retraining import AutoRetrainer
 from lib.scribbles.request import prepare_scribbles_request
+from lib.server import install
+from lib.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,8 @@ class CmFNetLabelApp(MONAILabelApp):
         first = next(iter(self.models.values()))
         self.label_set = LabelSet(first.labels)
         self.companions = first.modalities[1:]
+        # inference off the event loop (lib.server)
+        self.model_workers = WorkerPool(first.settings.infer_workers, first.settings.infer_queue)
         self.retrainers = {}
         if first.settings.auto_train:
             budget = {"max_minutes": first.settings.auto_train_minutes}
@@ -112,6 +116,9 @@ class CmFNetLabelApp(MONAILabelApp):
     def init_trainers(self):
         return {name: config.trainer() for name, config in self.models.items()}
 
+    def info(self):
+        return {**super().info(), "model_workers": self.model_workers.status()}
+
     def infer(self, request, datastore=None):
         task = self._infers.get(request.get("model"))
         if task is not None and task.type == InferType.SCRIBBLES:
@@ -126,6 +133,7 @@ class CmFNetLabelApp(MONAILabelApp):
 
     def on_init_complete(self):
         super().on_init_complete()
+        install_server_guard(self)
         due = [
             name
             for name, retrainer in self.retrainers.items()
@@ -144,3 +152,10 @@ class CmFNetLabelApp(MONAILabelApp):
     def _annotations_changed(self):
         for retrainer in self.retrainers.values():
             retrainer.request()
+
+
+def install_server_guard(instance: CmFNetLabelApp) -> None:
+    """Guard, routes and CORS policy of lib.server on MONAI Label's web app (only the server has one)."""
+    from monailabel.app import app
+
+    install(app, instance, instance.model_workers)

@@ -43,12 +43,14 @@ from lib.datastore import ScribbleStore
 from lib.dicomweb.dcmqi import use_packaged_dcmqi
 from lib.errors import InvalidInput, NotFound
 from lib.labels import LabelSet
+from lib.names import checked_names
 
 logger = logging.getLogger(__name__)
 
 SERIES_FIELDS = ["StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "PatientID"]
 
 
+@checked_names
 class CmfnetDicomWebDatastore(ScribbleStore, DICOMWebDatastore):
     def __init__(self, client: DICOMwebClient, labels: LabelSet, companions: list[str], **kwargs):
         if not kwargs.get("convert_to_nifti", True):

@@ -6,9 +6,7 @@ the segmentation uses everything stored for the case; for an uploaded file (no d
 case) only the request's own strokes are used.
 """
 
-import numpy as np
-
-from lib.datastore import CmfnetDatastore
+from lib.datastore import CmfnetDatastore, integer_values
 from lib.errors import InvalidInput
 from lib.labels import LabelSet
 from lib.scribbles.slicer import strokes_from_segments
@@ -28,7 +26,7 @@ def prepare_scribbles_request(request: dict, datastore: CmfnetDatastore, label_s
     if in_datastore:
         labelmap = datastore.read_label(image_id, request["label"])
     else:
-        labelmap = np.rint(load_volume(request["label"], "scribbles labelmap")[0].numpy()).astype(np.int64)
+        labelmap = integer_values(load_volume(request["label"], "scribbles labelmap")[0].numpy(), "scribbles labelmap")
     strokes, erase = strokes_from_segments(labelmap, request.get("label_info") or [], selected_name, label_set)
     if in_datastore:
         strokes = datastore.add_strokes(image_id, strokes, erase)

@@ -37,13 +37,30 @@ def stroke_values(label_set: LabelSet, selected_label_name: str) -> dict[str, in
     return values
 
 
+def segment_names(label_info) -> dict[int, str]:
+    """Labelmap value -> segment name from `label_info`; InvalidInput (422) when it is not that list."""
+    if not label_info:
+        raise InvalidInput("scribbles request without label_info: which segment is which is unknown")
+    if not isinstance(label_info, list):
+        raise InvalidInput(f"label_info must be a list of segments, got {label_info!r}")
+    names = {}
+    for entry in label_info:
+        segment_id = entry.get("id") if isinstance(entry, dict) else None
+        if isinstance(segment_id, str) and segment_id.isdigit():  # a number sent as text
+            segment_id = int(segment_id)
+        if type(segment_id) is not int or segment_id < 1 or "name" not in entry:
+            raise InvalidInput(
+                f'label_info entry {entry!r} is not {{"name": segment, "id": its value in the labelmap (1, 2, ...)}}'
+            )
+        names[segment_id] = str(entry["name"])
+    return names
+
+
 def strokes_from_segments(
     labelmap: np.ndarray, label_info: list[dict], selected_label_name: str, label_set: LabelSet
 ) -> tuple[np.ndarray, np.ndarray]:
     """(strokes in the stored convention, eraser mask) from Slicer's labelmap and label_info."""
-    if not label_info:
-        raise InvalidInput("scribbles request without label_info: which segment is which is unknown")
-    names = {int(entry["id"]): str(entry["name"]) for entry in label_info}
+    names = segment_names(label_info)
     values = stroke_values(label_set, selected_label_name)
     strokes = np.zeros(labelmap.shape, np.uint8)
     erase = np.zeros(labelmap.shape, bool)
