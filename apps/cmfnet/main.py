@@ -29,6 +29,7 @@ from lib.dicomweb.datastore import dicomweb_datastore
 from lib.labels import LabelSet
 from lib.retraining import AutoRetrainer
 from lib.scribbles.request import prepare_scribbles_request
+from lib.viewer import serve_viewer
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class CmFNetLabelApp(MONAILabelApp):
 
     def on_init_complete(self):
         super().on_init_complete()
+        serve_viewer()
         unpublished = [name for name in self.retrainers if not os.path.exists(self.models[name].path)]
         if unpublished and self._has_annotations():
             logger.info(f"Annotations but no published model for {unpublished}: training in the background")
