@@ -72,7 +72,7 @@ def app_config() -> str:
         "dataSources": [source],
     }
     text = json.dumps(config, indent=2).replace('"__ORIGIN__', f'window.location.origin + "{PROXY}')
-    return f"// Served by CmFNet Label (lib/viewer.py): OHIF reads the PACS through this server.\nwindow.config = {text};\n"
+    return f"// CmFNet Label (lib/viewer.py): OHIF reads the PACS through this server\nwindow.config = {text};\n"
 
 
 @functools.lru_cache(maxsize=32)
