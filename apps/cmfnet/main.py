@@ -26,6 +26,7 @@ import lib.configs
 from lib.batch_infer import CmfnetBatchInfer
 from lib.datastore import SCRIBBLES_TAG, CmfnetDatastore
 from lib.dicomweb.datastore import dicomweb_datastore
+from lib.dicomweb.pacs_sync import PacsSync, start_pacs_sync
 from lib.labels import LabelSet
 from lib.retraining import AutoRetrainer
 from lib.scribbles.request import prepare_scribbles_request
@@ -68,6 +69,8 @@ class CmFNetLabelApp(MONAILabelApp):
             budget = {"max_epochs": int(conf.get("auto_train_epochs", 10))}
             delay = float(conf.get("auto_train_delay", 5))
             self.retrainers = {name: AutoRetrainer(name, delay, budget) for name in names}
+        self.seg_poll_interval = float(conf.get("seg_poll_interval", 10))
+        self.pacs_sync: PacsSync | None = None
 
         super().__init__(
             app_dir=app_dir,
@@ -124,11 +127,19 @@ class CmFNetLabelApp(MONAILabelApp):
     def on_init_complete(self):
         super().on_init_complete()
         serve_viewer()
+        name, config = next(iter(self.models.items()))
+        self.pacs_sync = start_pacs_sync(self, name, config.path, self.seg_poll_interval)
         unpublished = [name for name in self.retrainers if not os.path.exists(self.models[name].path)]
         if unpublished and self._has_annotations():
             logger.info(f"Annotations but no published model for {unpublished}: training in the background")
             for name in unpublished:
                 self.retrainers[name].request()
+
+    def info(self):
+        info = super().info()
+        if self.pacs_sync:
+            info["pacs"] = self.pacs_sync.status()
+        return info
 
     def _has_annotations(self) -> bool:
         datastore = self.datastore()
