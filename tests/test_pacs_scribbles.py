@@ -1,6 +1,5 @@
 """Scribbles through the PACS (Orthanc): scribble SEGs in, retraining, result SEGs out; bad SEGs reported."""
 
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -12,9 +11,9 @@ from lib.data.dicom_export import export_phantom, stow
 from lib.data.phantoms import DEMO_LABELS, make_case
 from lib.dicomweb.result_seg import result_description
 from lib.dicomweb.seg_reader import read_segments, segment_labels
-from tests.conftest import publish_untrained_model, running_server
+from tests.conftest import publish_untrained_model, running_server, wait_for
 from tests.dicom_seg import ct_series, dcmqi_seg, labelmap_seg
-from tests.orthanc import running_orthanc
+from tests.orthanc import running_orthanc, seg_series
 
 BACKGROUND = len(DEMO_LABELS) + 1
 
@@ -43,16 +42,6 @@ def server(pacs):
         yield server
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1)
-    raise TimeoutError(f"{what}: not within {timeout} s")
-
-
 def scribbles_file(server, ct_uid: str) -> Path:
     return server.cache / "labels" / "scribbles" / f"{ct_uid}.nii.gz"
 
@@ -70,13 +59,6 @@ def strokes_on_truth(seed: int, slice_k: int) -> np.ndarray:
         strokes[voxels[:, 0], voxels[:, 1], slice_k] = DEMO_LABELS[name]
     strokes[2:12, 3, slice_k] = BACKGROUND
     return strokes
-
-
-def result_seg(orthanc, study_uid: str, description: str):
-    """The SEG series of a study with this description, if there is one."""
-    found = orthanc.series(Modality="SEG", StudyInstanceUID=study_uid)
-    uids = [s["0020000E"]["Value"][0] for s in found if s["0008103E"]["Value"][0] == description]
-    return DICOMwebClient(orthanc.dicomweb).retrieve_series(study_uid, uids[0])[0] if uids else None
 
 
 def test_scribble_seg_is_imported_at_its_voxels_retrained_on_and_a_result_seg_comes_back(server, pacs):
@@ -100,7 +82,7 @@ def test_scribble_seg_is_imported_at_its_voxels_retrained_on_and_a_result_seg_co
     wait_for(lambda: server.http.get("/train/?check_if_running=true").status_code == 404, 600, "the run finished")
     assert server.http.get("/train/").json()["status"] == "DONE"
     description = result_description(server.model_file.stat().st_mtime)  # the retrained model's result
-    result = wait_for(lambda: result_seg(orthanc, case["StudyInstanceUID"], description), 300, "its result SEG")
+    result = wait_for(lambda: seg_series(orthanc, case["StudyInstanceUID"], description), 300, "its result SEG")
     assert result.ReferencedSeriesSequence[0].SeriesInstanceUID == case["CT"]
     assert result.SeriesInstanceUID != seg.SeriesInstanceUID
     names = segment_labels(result)
