@@ -8,10 +8,10 @@
   (a restart does not redo it) and shown in `/info` under `pacs`. A skipped SEG stores nothing.
 - **Retraining.** Strokes that changed the stored scribbles call `on_new_strokes` (the app's
   background retraining, which coalesces requests: lib/retraining.py).
-- **Results.** When no training run is going and the published model file is newer than the last
-  one results were written for, the model's segmentation of every annotated CT series (stored
-  scribbles or a `final` label) goes into the PACS as a new SEG series
-  "CmFNet result <model time>" (lib.dicomweb.result_seg). `POST /pacs/results?study=UID` does
+- **Results.** When a training run has ended (MONAI Label's train task DONE, none going) and the
+  published model file is newer than the last one results were written for, the model's
+  segmentation of every annotated CT series (stored scribbles or a `final` label) goes into the
+  PACS as a new SEG series "CmFNet result <model time>" (lib.dicomweb.result_seg). `POST /pacs/results?study=UID` does
   the same for the CT series of any study, now.
 """
 
@@ -29,6 +29,7 @@ from fastapi import APIRouter, Depends
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC
 from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.utils.async_tasks.utils import tasks
 from pydicom.dataset import Dataset
 
 from lib.datastore import SCRIBBLES_TAG
@@ -55,6 +56,7 @@ class PacsSync:
         self.interval = 0.0
         self.last_poll: str | None = None
         self._lock = threading.Lock()
+        self._runs_seen: set[str] = set()  # training runs (task ids) already answered with results
         self._state_file = datastore.cache_folder / "pacs_sync.json"
         self._state = {"segs": {}, "results": [], "model_mtime": self._model_mtime()}
         if self._state_file.exists():
@@ -75,10 +77,16 @@ class PacsSync:
         return self._import(self._scribble_series({"StudyInstanceUID": study_uid}), again=True)
 
     def write_results_if_new_model(self) -> list[dict]:
-        """Result SEGs of the annotated CT series, once per published model, after its training run."""
-        mtime = self._model_mtime()
-        if mtime is None or mtime == self._state["model_mtime"] or training_in_progress():
+        """After a training run that published a new model: result SEGs of the annotated CT series."""
+        if training_in_progress():
             return []
+        finished = {task["id"] for task in tasks("train") if task["status"] == "DONE"} - self._runs_seen
+        if not finished:
+            return []
+        self._runs_seen |= finished
+        mtime = self._model_mtime()
+        if mtime is None or mtime == self._state["model_mtime"]:
+            return []  # the run published nothing new
         self._state["model_mtime"] = mtime
         self._save()
         annotated = [image for image in self.datastore.list_images() if self._annotated(image)]
