@@ -13,10 +13,12 @@ CONF ?=
 SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
 # playwright-core (npm) drives that Chromium in the OHIF test; it never downloads a browser
 BROWSER_TESTS := tests/browser
+# the OHIF 3 viewer served at /viewer/ (npm @ohif/app, its prebuilt dist/ only; see viewer/package.json)
+VIEWER := viewer
 # oidc-provider (npm), the OpenID Connect provider the authentication tests run
 OIDC_TESTS := tests/oidc
 
-.PHONY: setup system-deps browser-deps oidc-deps demo serve test lint
+.PHONY: setup system-deps browser-deps oidc-deps viewer-deps demo serve test lint
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -43,14 +45,20 @@ $(OIDC_TESTS)/node_modules/.installed: $(OIDC_TESTS)/package.json $(OIDC_TESTS)/
 	npm ci --prefix $(OIDC_TESTS) --no-audit --no-fund
 	touch $@
 
+viewer-deps: $(VIEWER)/node_modules/.installed
+
+$(VIEWER)/node_modules/.installed: $(VIEWER)/package.json $(VIEWER)/package-lock.json
+	npm ci --prefix $(VIEWER) --ignore-scripts --no-audit --no-fund
+	touch $@
+
 demo: setup
 	$(PY) -m lib.data.demo --out $(DEMO)
 
-serve: demo
+serve: demo viewer-deps
 	$(PY) -m monailabel.main start_server --app apps/cmfnet --studies $(STUDIES) --host $(HOST) --port $(PORT) \
 		--conf models cmfnet $(CONF)
 
-test: setup browser-deps oidc-deps
+test: setup browser-deps oidc-deps viewer-deps
 	$(PY) -m pytest -q
 
 lint: setup

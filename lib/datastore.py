@@ -120,12 +120,16 @@ class ScribbleStore:
         replace: bool = False,
         label_info: dict[str, Any] | None = None,
     ) -> np.ndarray:
-        """Merge strokes into the stored scribbles (new strokes win; `erase` clears) and return the result."""
+        """Merge strokes into the stored scribbles (new strokes win; `erase` clears) and return the result.
+
+        When that changes nothing, the stored file is not rewritten."""
         with self._merge_lock:
             stored = None if replace else self.scribbles(image_id)
             merged = strokes if stored is None else np.where(strokes > 0, strokes, stored)
             if erase is not None:
                 merged = np.where(erase, 0, merged)
+            if stored is not None and np.array_equal(merged, stored):
+                return merged  # nothing new: the stored file is left as it is
             self._write_label(image_id, merged, SCRIBBLES_TAG, label_info or {})
         return merged
 

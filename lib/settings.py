@@ -107,6 +107,9 @@ class ServerSettings(_Settings):
         5.0, ge=0, le=3600, description="seconds to wait after a save before training (saves meanwhile are batched)"
     )
     auto_train_minutes: float = Field(5.0, gt=0, le=10_080, description="`max_minutes` of an automatic run")
+    seg_poll_interval: float = Field(
+        10.0, ge=0, le=86_400, description="seconds between looks for new scribble SEG series in the PACS (0: off)"
+    )
     infer_workers: int = Field(1, ge=1, le=64, description="inference and scribbles requests run at once")
     infer_queue: int = Field(
         16, ge=0, le=10_000, description="requests that may wait for a worker; past that the answer is 503"

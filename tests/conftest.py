@@ -49,6 +49,17 @@ def wait_until_serving(process: subprocess.Popen, probe_url: str, log: Path, tim
         time.sleep(0.5)
 
 
+def wait_for(condition, timeout: float, what: str):
+    """Poll `condition` every second until it returns something true; that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    raise TimeoutError(f"{what}: not within {timeout} s")
+
+
 @contextlib.contextmanager
 def running_server(
     tmp: Path,

@@ -13,7 +13,9 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pydicom
 import pytest
+from dicomweb_client import DICOMwebClient
 
 from tests.conftest import free_port, wait_until_serving
 
@@ -41,6 +43,13 @@ class Orthanc:
     def series(self, **filters) -> list[dict]:
         """QIDO-RS series search, as DICOM JSON."""
         return self.http.get("/dicom-web/series", params=filters).json()
+
+
+def seg_series(orthanc: Orthanc, study_uid: str, description: str) -> pydicom.Dataset | None:
+    """The first instance of the study's SEG series with this SeriesDescription, if there is one."""
+    found = orthanc.series(Modality="SEG", StudyInstanceUID=study_uid)
+    uids = [s["0020000E"]["Value"][0] for s in found if s.get("0008103E", {}).get("Value") == [description]]
+    return DICOMwebClient(orthanc.dicomweb).retrieve_series(study_uid, uids[0])[0] if uids else None
 
 
 @contextlib.contextmanager

@@ -26,11 +26,13 @@ import lib.configs
 from lib.batch_infer import CmfnetBatchInfer
 from lib.datastore import SCRIBBLES_TAG, CmfnetDatastore
 from lib.dicomweb.datastore import dicomweb_datastore
+from lib.dicomweb.pacs_sync import PacsSync, start_pacs_sync
 from lib.labels import LabelSet
 from lib.retraining import AutoRetrainer
 from lib.scribbles.request import prepare_scribbles_request
 from lib.server import install
 from lib.workers import WorkerPool
+from lib.viewer import serve_viewer
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class CmFNetLabelApp(MONAILabelApp):
                 )
                 for name in names
             }
+        self.pacs_sync: PacsSync | None = None
 
         super().__init__(
             app_dir=app_dir,
@@ -116,9 +119,6 @@ class CmFNetLabelApp(MONAILabelApp):
     def init_trainers(self):
         return {name: config.trainer() for name, config in self.models.items()}
 
-    def info(self):
-        return {**super().info(), "model_workers": self.model_workers.status()}
-
     def infer(self, request, datastore=None):
         task = self._infers.get(request.get("model"))
         if task is not None and task.type == InferType.SCRIBBLES:
@@ -134,6 +134,9 @@ class CmFNetLabelApp(MONAILabelApp):
     def on_init_complete(self):
         super().on_init_complete()
         install_server_guard(self)
+        serve_viewer()
+        name, config = next(iter(self.models.items()))
+        self.pacs_sync = start_pacs_sync(self, name, config.path, config.settings.seg_poll_interval)
         due = [
             name
             for name, retrainer in self.retrainers.items()
@@ -143,6 +146,12 @@ class CmFNetLabelApp(MONAILabelApp):
             logger.info(f"Annotations not yet learned by {due} (no published model, or a retrain was queued)")
             for name in due:
                 self.retrainers[name].request()
+
+    def info(self):
+        info = {**super().info(), "model_workers": self.model_workers.status()}
+        if self.pacs_sync:
+            info["pacs"] = self.pacs_sync.status()
+        return info
 
     def _has_annotations(self) -> bool:
         datastore = self.datastore()

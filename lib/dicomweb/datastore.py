@@ -61,6 +61,19 @@ class CmfnetDicomWebDatastore(ScribbleStore, DICOMWebDatastore):
         self._init_scribble_store(labels, companions)
         super().__init__(client=client, **kwargs)
 
+    @property
+    def client(self) -> DICOMwebClient:
+        return self._client
+
+    @property
+    def cache_folder(self) -> Path:
+        """The datastore's cache folder (`<cache>/<hash of the url>`)."""
+        return Path(self._datastore_path)
+
+    def study_images(self, study_uid: str) -> list[str]:
+        """The image ids (reference series) of a study."""
+        return [str(s.SeriesInstanceUID) for s in self._series({**self._search_filter, "StudyInstanceUID": study_uid})]
+
     def get_image_uri(self, image_id: str) -> str:
         """The cached NIfTI of the series, its companions materialized beside it."""
         reference = Path(self._datastore.image_path()).resolve() / f"{image_id}.nii.gz"
