@@ -174,7 +174,7 @@ def test_realm_roles_decide_what_each_user_may_do(realm_server, realm, tmp_path)
 
     assert status(save_strokes(realm_server, tmp_path, annotator)) == 200
     assert status(save_strokes(realm_server, tmp_path, reviewer)) == 200
-    refused = status(http.post("/train/cmfnet", json={"max_epochs": 1}, headers=bearer(annotator)))
+    refused = status(http.post("/train/cmfnet", json={"max_steps": 1}, headers=bearer(annotator)))
     assert refused == 403
     assert status(upload_image(realm_server, tmp_path, annotator, "by_annotator")) == 403
     assert status(http.delete("/datastore/image", params={"id": "case_001"}, headers=bearer(annotator))) == 403
@@ -182,7 +182,7 @@ def test_realm_roles_decide_what_each_user_may_do(realm_server, realm, tmp_path)
 
     assert status(upload_image(realm_server, tmp_path, admin, "by_admin")) == 200
     assert status(http.delete("/datastore/image", params={"id": "by_admin"}, headers=bearer(admin))) == 200
-    assert status(http.post("/train/cmfnet", json={"max_epochs": 1}, headers=bearer(admin))) == 200
+    assert status(http.post("/train/cmfnet", json={"max_steps": 1}, headers=bearer(admin))) == 200
     assert status(http.delete("/train/", headers=bearer(admin))) == 200
     detail = http.post("/train/", headers=bearer(user)).json()["detail"]
     assert "admin" in detail
@@ -225,7 +225,7 @@ def test_monailabel_client_logs_in_through_the_server_and_works(realm_server, re
     saved = client.save_label("case_002", str(strokes_upload(realm_server, tmp_path)), tag="scribbles")
     assert saved["label"] == "case_002"
     with pytest.raises(MONAILabelClientException) as refused:
-        client.train_start("cmfnet", {"max_epochs": 1})
+        client.train_start("cmfnet", {"max_steps": 1})
     assert "Status: 403" in refused.value.msg
 
 

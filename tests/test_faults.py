@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -29,7 +30,7 @@ SCRIBBLED = "case_000"  # has stored scribbles in the demo datastore
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    studies = copy_of_demo(demo, tmp_path_factory, "faults")
+    studies = copy_of_demo(demo, tmp_path_factory.mktemp("faults"))
     with running_server(studies.parent, studies, {"auto_train": "false"}) as server:
         publish_untrained_model(server)
         yield server
@@ -329,6 +330,68 @@ def test_make_serve_listens_on_this_machine_only():
 
     assert "--host 127.0.0.1 " in serve_command()
     assert "--host 0.0.0.0 " in serve_command("HOST=0.0.0.0")
+
+
+def test_train_parameters_out_of_bounds_or_unknown_are_refused_before_a_run(server):
+    for params, words in [
+        ({"max_steps": -1}, ("max_steps", "greater than or equal to 1")),
+        ({"max_minutes": 1e9}, ("max_minutes", "less than or equal to")),
+        ({"max_epochs": 3}, ("max_epochs", "Extra inputs")),
+        ({"loss": {"affinty": 1}}, ("loss.affinty",)),
+        ({"learning_rate": "fast"}, ("learning_rate",)),
+    ]:
+        assert_refused(server.http.post("/train/cmfnet", json=params), 422, *words)
+    assert_refused(server.http.post("/train/", json={"cmfnet": {"val_every": 0}}), 422, "val_every")
+    assert_refused(server.http.post("/train/nope", json={}), 404, "trainer")
+    started = server.http.get("/train/", params={"all": True})
+    assert started.status_code == 404 or started.json() == [], "no run was started"
+
+
+def test_a_corrupt_published_model_is_moved_aside_and_the_previous_one_served(server):
+    publish_untrained_model(server)
+    publish_untrained_model(server)  # the first one is kept as cmfnet.pt.previous
+    previous = (server.model_file.parent / "cmfnet.pt.previous").read_bytes()
+    server.model_file.write_bytes(server.model_file.read_bytes()[:4096])  # a half-written file
+    response = server.http.post("/infer/cmfnet?image=case_001&output=json")
+    assert response.status_code == 200, response.text
+    assert server.model_file.read_bytes() == previous
+    assert len(list(server.model_file.parent.glob("cmfnet.pt.corrupt-*"))) >= 1
+
+
+def test_a_corrupt_model_without_an_earlier_one_is_a_409_after_a_restart_until_a_retrain(demo, tmp_path):
+    studies = copy_of_demo(demo, tmp_path)
+    model = tmp_path / "app" / "model" / "cmfnet.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"not a model")
+    with running_server(tmp_path, studies, {"auto_train": "false"}) as server:
+        assert_refused(server.http.post("/infer/cmfnet?image=case_001&output=json"), 409, "retrain")
+        task = server.train({"max_steps": 2, "val_every": 2})  # training starts from scratch
+        assert task["status"] == "DONE"
+        assert server.http.post("/infer/cmfnet?image=case_001&output=json").status_code == 200
+
+
+def test_a_retrain_queued_during_a_run_survives_a_restart(demo, tmp_path):
+    studies = copy_of_demo(demo, tmp_path)
+    conf = {"auto_train_delay": "0", "max_steps": "200", "val_every": "100"}
+    with running_server(tmp_path, studies, conf) as first:
+        deadline = time.monotonic() + 120
+        while first.http.get("/train/", params={"check_if_running": True}).status_code != 200:
+            assert time.monotonic() < deadline, "the demo's scribbles did not start a run"
+            time.sleep(0.5)
+        ct = nib.load(studies / "case_002.nii.gz")
+        values = np.zeros(ct.shape, np.uint8)
+        values[40:50, 40, 20] = DEMO_LABELS["liver"]
+        response = put_label(first, "case_002", label_file(first, tmp_path, values, "case_002"))
+        assert response.status_code == 200, response.text
+        assert (first.app_dir / "model" / "cmfnet.pending").exists()
+    # the server stopped (and its run with it) before the queued retrain could start
+    with running_server(tmp_path, studies, conf) as second:
+        deadline = time.monotonic() + 120
+        while second.http.get("/train/", params={"all": True}).status_code != 200:
+            assert time.monotonic() < deadline, "the queued retrain did not start after the restart"
+            time.sleep(0.5)
+        assert not (second.app_dir / "model" / "cmfnet.pending").exists()
+        second.http.delete("/train/")
 
 
 def test_server_keeps_serving_and_every_case_is_intact(server, demo):

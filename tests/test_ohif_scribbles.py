@@ -42,7 +42,7 @@ def viewer(tmp_path_factory):
     with running_orthanc(root / "orthanc") as orthanc:
         case = export_phantom(0, "case_000", root / "dicom")
         stow(orthanc.dicomweb, sorted((root / "dicom").glob("*/*/*.dcm")))
-        conf = {"auto_train_epochs": "1", "auto_train_delay": "1", "seg_poll_interval": "2"}
+        conf = {"max_steps": "4", "val_every": "2", "auto_train_delay": "1", "seg_poll_interval": "2"}
         env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(root / "cache")}
         with running_server(root, orthanc.dicomweb, conf=conf, env=env) as server:
             publish_untrained_model(server)

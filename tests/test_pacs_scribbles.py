@@ -33,7 +33,7 @@ def server(pacs):
     """The app over Orthanc: polls for scribble SEGs every second, retrains one epoch 1 s after new strokes."""
     orthanc, _, root = pacs
     cache = root / "cache"
-    conf = {"auto_train_epochs": "1", "auto_train_delay": "1", "seg_poll_interval": "1"}
+    conf = {"max_steps": "4", "val_every": "2", "auto_train_delay": "1", "seg_poll_interval": "1"}
     with running_server(
         root, orthanc.dicomweb, conf=conf, env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(cache)}
     ) as server:

@@ -31,8 +31,8 @@ from lib.labels import LabelSet
 from lib.retraining import AutoRetrainer
 from lib.scribbles.request import prepare_scribbles_request
 from lib.server import install
-from lib.workers import WorkerPool
 from lib.viewer import serve_viewer
+from lib.workers import WorkerPool
 
 logger = logging.getLogger(__name__)
 

@@ -50,13 +50,14 @@ class CmFNetScribbles(CmFNetSegmentation):
         probabilities = torch.from_numpy(
             propagate(image.numpy(), working_strokes, num_classes, voxel_spacing(image.affine), air)
         )
-        data["model_used"] = False
+        data["model_used"], data["model_note"] = False, None
         try:
             model_probabilities = super().run_inferer(data, convert_to_batch, device)["pred"]
             probabilities = probabilities * model_probabilities
             data["model_used"] = True
-        except NotReady as e:
-            logger.info(f"scribbles without model probabilities: {e.detail}")
+        except NotReady as e:  # no model yet, or an unreadable one: strokes and images alone, and say why
+            logger.warning(f"scribbles without model probabilities: {e.detail}")
+            data["model_note"] = e.detail
         data["pred"] = probabilities
         return data
 
@@ -78,6 +79,7 @@ class CmFNetScribbles(CmFNetSegmentation):
         data["result"] = {
             "selected_label_name": data.get("selected_label_name"),
             "model_used": data["model_used"],
+            **({"model_note": data["model_note"]} if data["model_note"] else {}),
             "strokes_stored": bool(data.get("strokes_stored")),
             "stroke_voxels": {value: int(n) for value, n in enumerate(counts) if value and n},
             "modalities_used": [m for m, p in zip(self.modalities, data["present"].tolist(), strict=True) if p],

@@ -13,7 +13,7 @@ MONAI Label's by lib.server.install and hidden from the API docs (which show MON
   (404); inference without an image, or DICOM SEG output without a DICOMweb datastore (422);
   `params` that would set the request's own `image`, `model` or `label` (server paths
   otherwise; 422); results to be saved under a tag that holds human annotations (409; the
-  datastore refuses them too).
+  datastore refuses them too); train parameters outside their bounds, or an unknown trainer.
 """
 
 import json
@@ -26,6 +26,7 @@ from monailabel.endpoints import batch_infer as batch_endpoint
 from monailabel.endpoints import datastore as datastore_endpoint
 from monailabel.endpoints import infer as infer_endpoint
 from monailabel.endpoints import scoring as scoring_endpoint
+from monailabel.endpoints import train as train_endpoint
 from monailabel.endpoints.user.auth import User, get_current_user
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import DefaultLabelTag
@@ -33,6 +34,7 @@ from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 
 from lib.errors import InvalidInput, NotFound
 from lib.names import check_name
+from lib.settings import TrainSettings
 from lib.workers import WorkerPool
 
 # keys of an inference request that name files on the server: set by the route, never by params
@@ -121,6 +123,22 @@ def build_router(instance: MONAILabelApp, pool: WorkerPool) -> APIRouter:
     def run_scoring(method: str, params: dict | None = None, run_sync: bool | None = False):
         known(method, instance._scoring_methods, "scoring method")
         return scoring_endpoint.run_method(method, params, run_sync)
+
+    def train_settings(model: str, params: dict | None) -> None:
+        """Every train parameter checked with its bounds (lib.settings) before a run is started."""
+        known(model, instance._trainers, "trainer")
+        TrainSettings.from_request(dict(params or {}), instance._trainers[model].defaults)
+
+    @router.post("/train/{model}")
+    def train(model: str, params: dict | None = None, run_sync: bool | None = False, enqueue: bool | None = False):
+        train_settings(model, params)
+        return train_endpoint.run_model(model, params, run_sync, enqueue)
+
+    @router.post("/train/")
+    def train_all(params: dict | None = None, run_sync: bool | None = False):
+        for model in instance._trainers:
+            train_settings(model, (params or {}).get(model))
+        return train_endpoint.run(params, run_sync)
 
     @router.put("/datastore/image")
     @router.put("/datastore/")
