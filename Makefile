@@ -11,7 +11,11 @@ SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium
 # playwright-core (npm) drives that Chromium in the OHIF test; it never downloads a browser
 BROWSER_TESTS := tests/browser
 
-.PHONY: setup system-deps browser-deps demo serve test lint
+# nnU-Net v2, the benchmarks' peer (issue 10): its own venv, never the server's (benchmarks/README.md)
+NNUNET_VENV ?= .venv-nnunet
+MINUTES ?= 2
+
+.PHONY: setup system-deps browser-deps demo serve test lint nnunet-venv nnunet-peer
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -44,3 +48,13 @@ test: setup browser-deps
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+$(NNUNET_VENV)/.installed: benchmarks/requirements-nnunet.txt
+	python3 -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/pip install -r benchmarks/requirements-nnunet.txt
+	touch $@
+
+nnunet-venv: $(NNUNET_VENV)/.installed
+
+nnunet-peer: nnunet-venv
+	PYTHONPATH=. $(NNUNET_VENV)/bin/python -m benchmarks.nnunet_peer --minutes $(MINUTES)
