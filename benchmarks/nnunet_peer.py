@@ -81,6 +81,7 @@ ENVIRONMENT = (
     "nnUNet_def_n_proc",
     "nnUNet_compile",
     "nnUNet_wandb_enabled",
+    "HF_HUB_OFFLINE",
 )
 
 
@@ -207,6 +208,7 @@ def nnunet_environment(work_dir: Path, threads: int, augmentation_workers: int):
         "nnUNet_def_n_proc": threads,
         "nnUNet_compile": "false",  # nnU-Net never compiles on a CPU; on a GPU, compiling would eat the budget
         "nnUNet_wandb_enabled": "0",  # no online logging
+        "HF_HUB_OFFLINE": "1",  # dynamic-network-architectures brings timm / huggingface_hub: never fetch
     }
     try:
         for name, value in values.items():
