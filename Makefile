@@ -18,7 +18,11 @@ VIEWER := viewer
 # oidc-provider (npm), the OpenID Connect provider the authentication tests run
 OIDC_TESTS := tests/oidc
 
-.PHONY: setup system-deps browser-deps oidc-deps viewer-deps demo serve test lint
+# nnU-Net v2, the benchmarks' peer: its own venv, never the server's (benchmarks/README.md)
+NNUNET_VENV ?= .venv-nnunet
+MINUTES ?= 2
+
+.PHONY: setup system-deps browser-deps oidc-deps viewer-deps demo serve test lint nnunet-venv nnunet-peer
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -63,3 +67,13 @@ test: setup browser-deps oidc-deps viewer-deps
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+$(NNUNET_VENV)/.installed: benchmarks/requirements-nnunet.txt
+	python3 -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/pip install -r benchmarks/requirements-nnunet.txt
+	touch $@
+
+nnunet-venv: $(NNUNET_VENV)/.installed
+
+nnunet-peer: nnunet-venv
+	PYTHONPATH=. $(NNUNET_VENV)/bin/python -m benchmarks.nnunet_peer --minutes $(MINUTES)
