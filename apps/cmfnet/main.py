@@ -125,7 +125,13 @@ class CmFNetLabelApp(MONAILabelApp):
             request = prepare_scribbles_request(request, self.datastore(), self.label_set)
             if request["strokes_stored"]:
                 self._annotations_changed()
+        elif task is not None and self._is_case(request.get("image")):
+            # a case with stored strokes is answered with its strokes honoured (lib.infers.cmfnet)
+            request = {**request, "strokes": self.datastore().scribbles(request["image"])}
         return super().infer(request, datastore)
+
+    def _is_case(self, image) -> bool:
+        return isinstance(image, str) and self.datastore().has_image(image)
 
     def on_save_label(self, image_id, label_id):
         self._annotations_changed()

@@ -4,12 +4,18 @@ The model file carries its plan (lib.model_files): the case is loaded onto the p
 the network runs there with the one sliding-window inferer (lib.inference), and the class scores
 go back to the reference (CT) grid by linear interpolation and argmax (lib.transforms.grid), so the
 result has exactly the CT's shape and affine whatever its spacing or orientation.
+
+A case with stored strokes (the app passes them as `strokes`) is answered with its strokes honoured:
+the model's probabilities are multiplied with the random walker's from those strokes
+(lib.scribbles.propagation) and every stroke is kept as drawn, so an annotator never gets back a
+result that contradicts what they drew. `{"use_strokes": false}` in the params asks for the model alone.
 """
 
 import logging
 import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -20,6 +26,7 @@ from lib.inference import build_network, sliding_window_inferer
 from lib.labels import LabelSet
 from lib.model_files import UnreadableModel, heal, read_model
 from lib.planning import Plan
+from lib.scribbles.propagation import keep_strokes, stroke_probabilities
 from lib.transforms.grid import restore_labels
 from lib.transforms.modalities import LoadModalitiesd
 
@@ -103,27 +110,46 @@ class CmFNetSegmentation(BasicInferTask):
         return sliding_window_inferer(plan, data["device"])
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
-        """`pred`: class probabilities (K+1, ...) on the working grid."""
+        """`pred`: class probabilities (K+1, ...) on the working grid, with the case's strokes when it has any."""
+        data["pred"] = self.model_probabilities(data, device)
+        if self.strokes(data) is not None:
+            data["pred"] = data["pred"] * stroke_probabilities(
+                data["image"], self.strokes(data), len(self.labels), self.modalities[0]
+            )
+        return data
+
+    def model_probabilities(self, data: dict, device) -> torch.Tensor:
         network, _ = self.model(str(device))
         image = data["image"].as_tensor()[None].to(torch.device(device))
         present = data["present"].to(torch.device(device))
         with torch.no_grad():
             scores = self.inferer(data)(image, network, present=present)[0]
-        data["pred"] = torch.softmax(scores.float(), dim=0).cpu()
-        return data
+        return torch.softmax(scores.float(), dim=0).cpu()
+
+    @staticmethod
+    def strokes(data: dict):
+        """The case's stored strokes (reference grid), unless the request asks for the model alone."""
+        strokes = data.get("strokes")
+        if strokes is None or str(data.get("use_strokes", True)).lower() == "false" or not np.any(strokes):
+            return None
+        return np.asarray(strokes)
 
     def post_transforms(self, data=None):
         return [self._restore, self._describe_modalities]
 
     def _restore(self, data: dict) -> dict:
         labels = restore_labels(data["pred"], data["reference_shape"])
+        if self.strokes(data) is not None:
+            labels = keep_strokes(labels, self.strokes(data), len(self.labels))
         data["pred"] = MetaTensor(torch.from_numpy(labels), affine=data["reference_affine"])
         return data
 
     def _describe_modalities(self, data: dict) -> dict:
         present = data["present"].tolist()
+        strokes = self.strokes(data)
         data["result"] = {
             "modalities_used": [m for m, p in zip(self.modalities, present, strict=True) if p],
             "modalities_missing": [m for m, p in zip(self.modalities, present, strict=True) if not p],
+            "stroke_voxels_used": 0 if strokes is None else int((strokes > 0).sum()),
         }
         return data

@@ -18,8 +18,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from lib.errors import NotReady
 from lib.infers.cmfnet import CmFNetSegmentation
 from lib.planning import make_plan
-from lib.scribbles.propagation import background_seeds, propagate
-from lib.transforms.grid import resize_strokes, restore_labels, voxel_spacing
+from lib.scribbles.propagation import keep_strokes, stroke_probabilities
+from lib.transforms.grid import restore_labels, voxel_spacing
 from lib.transforms.modalities import LoadModalitiesd, load_volume
 
 logger = logging.getLogger(__name__)
@@ -42,18 +42,10 @@ class CmFNetScribbles(CmFNetSegmentation):
         return [LoadModalitiesd(self.modalities, spacing=plan.spacing)]
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
-        num_classes = len(self.labels)
-        image = data["image"]
-        strokes = torch.as_tensor(np.asarray(data["strokes"]).astype(np.int64))[None]
-        working_strokes = resize_strokes(strokes, image.shape[1:], num_classes + 1)[0].numpy()
-        air = background_seeds(image[0], self.modalities[0])
-        probabilities = torch.from_numpy(
-            propagate(image.numpy(), working_strokes, num_classes, voxel_spacing(image.affine), air)
-        )
+        probabilities = stroke_probabilities(data["image"], data["strokes"], len(self.labels), self.modalities[0])
         data["model_used"], data["model_note"] = False, None
         try:
-            model_probabilities = super().run_inferer(data, convert_to_batch, device)["pred"]
-            probabilities = probabilities * model_probabilities
+            probabilities = probabilities * self.model_probabilities(data, device)
             data["model_used"] = True
         except NotReady as e:  # no model yet, or an unreadable one: strokes and images alone, and say why
             logger.warning(f"scribbles without model probabilities: {e.detail}")
@@ -67,9 +59,8 @@ class CmFNetScribbles(CmFNetSegmentation):
     def _selected_mask(self, data: dict) -> dict:
         selected = int(data["selected_class"])
         strokes = np.asarray(data["strokes"])
-        mask = restore_labels(data["pred"], data["reference_shape"]) == selected
-        mask[strokes == selected] = True
-        mask[(strokes > 0) & (strokes != selected)] = False
+        labels = keep_strokes(restore_labels(data["pred"], data["reference_shape"]), strokes, len(self.labels))
+        mask = labels == selected
         mask = _restrict_to_roi(mask, data.get("roi"))
         data["pred"] = MetaTensor(torch.from_numpy(mask.astype(np.uint8)), affine=data["reference_affine"])
         return data

@@ -13,9 +13,11 @@ Only the paper's abstract is available, so every architectural choice below is o
 Cost: the first encoder level already downsamples (by ``strides[0]``, as MONAI's UNet does), and no
 3x3x3 convolution runs at full resolution (on a CPU their backward pass with few channels cost more
 than the rest of the network together). The fused decoder ends with a light full-resolution
-refinement: a transposed convolution back to the input grid, then a per-voxel MLP (1x1x1
-convolutions) of those features and the voxel's own intensities, so edges that the images show at
-full resolution can move the class boundary.
+refinement: the first level's class scores, interpolated to the input grid, plus a correction that
+a per-voxel MLP (1x1x1 convolutions) computes from features brought back by a transposed convolution
+and the voxel's own intensities, so edges that the images show at full resolution can move the class
+boundary. The correction starts at zero: without it (a learned full-resolution output alone) the
+network learned several times more slowly.
 The per-modality decoders stop at the first level: their predictions are at that resolution, which
 is all the regularizers need. Strides per level may differ per axis (see lib.planning), so
 anisotropic scans keep their few slices.
@@ -196,12 +198,16 @@ class CmFNet(nn.Module):
             conv_only=True,
             is_transposed=True,
         )
-        # per voxel: the upsampled features and that voxel's own intensities -> class scores
+        self.head = UnetOutBlock(SPATIAL_DIMS, channels[0], num_classes)
+        # per voxel: the upsampled features and that voxel's own intensities -> a correction of the scores;
+        # it starts at zero, so an untrained network is the first level's scores interpolated
         self.refine = nn.Sequential(
             nn.Conv3d(refine_channels + num_modalities, refine_channels, kernel_size=1),
             nn.LeakyReLU(0.01, inplace=True),
             nn.Conv3d(refine_channels, num_classes, kernel_size=1),
         )
+        nn.init.zeros_(self.refine[-1].weight)
+        nn.init.zeros_(self.refine[-1].bias)
 
     @property
     def size_divisor(self) -> tuple[int, int, int]:
@@ -280,9 +286,11 @@ class CmFNet(nn.Module):
             # a voxel of a level has data when all the input voxels it covers do
             level_data = F.interpolate(has_data.float(), size=size, mode="area") > 0.999
             fused.append(fusion([f[level] for f in features], present, level_data))
+        decoded = self.fused_decoder(fused)
+        coarse = F.interpolate(self.head(decoded), size=x.shape[2:], mode="trilinear")
         images = torch.where(present[:, :, None, None, None] & has_data, x, 0.0)
-        upsampled = nn.functional.leaky_relu(self.upsample(self.fused_decoder(fused)), 0.01)
-        return self.refine(torch.cat([upsampled, images], dim=1))
+        upsampled = F.leaky_relu(self.upsample(decoded), 0.01)
+        return coarse + self.refine(torch.cat([upsampled, images], dim=1))
 
 
 def random_modality_mask(

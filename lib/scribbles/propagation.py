@@ -28,6 +28,7 @@ import torch
 from scipy.ndimage import distance_transform_edt
 from skimage.segmentation import random_walker
 
+from lib.transforms.grid import resize_strokes, voxel_spacing
 from lib.transforms.intensity import CT_AIR_HU, hu_to_normalized
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,25 @@ def propagate(
         probabilities[0 if label == num_classes + 1 else label] = solved[index]
     probabilities = probabilities.clip(min=0.0)  # the solver's tolerance leaves small errors
     return probabilities / probabilities.sum(axis=0, keepdims=True).clip(min=1e-6)
+
+
+def stroke_probabilities(image, strokes: np.ndarray, num_classes: int, reference_modality: str) -> torch.Tensor:
+    """Random-walker class probabilities (K+1, working grid) of `image` (a working-grid MetaTensor, as
+    LoadModalitiesd gives) from strokes stored on the reference grid."""
+    working = resize_strokes(
+        torch.as_tensor(np.asarray(strokes).astype(np.int64))[None], image.shape[1:], num_classes + 1
+    )
+    air = background_seeds(image[0], reference_modality)
+    probabilities = propagate(image.numpy(), working[0].numpy(), num_classes, voxel_spacing(image.affine), air)
+    return torch.from_numpy(probabilities)
+
+
+def keep_strokes(labels: np.ndarray, strokes: np.ndarray, num_classes: int) -> np.ndarray:
+    """Labels (0..K, reference grid) with every stroke as drawn: class strokes their class, background strokes 0."""
+    labels = labels.copy()
+    drawn = (strokes > 0) & (strokes <= num_classes + 1)
+    labels[drawn] = np.where(strokes[drawn] == num_classes + 1, 0, strokes[drawn])
+    return labels
 
 
 def background_seeds(reference: torch.Tensor | np.ndarray, modality: str) -> np.ndarray | None:

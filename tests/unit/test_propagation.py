@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from lib.scribbles.propagation import background_seeds, propagate
+from lib.scribbles.propagation import background_seeds, keep_strokes, propagate
 from lib.transforms.intensity import hu_to_normalized
 
 
@@ -54,3 +54,13 @@ def test_air_seeds_only_for_ct():
     seeds = background_seeds(reference, "ct")
     assert seeds[0].all() and not seeds[1:].any()
     assert background_seeds(reference, "mr") is None
+
+
+def test_strokes_are_kept_as_drawn():
+    labels = np.ones((3, 3, 3), np.uint8)  # the model says class 1 everywhere
+    strokes = np.zeros((3, 3, 3), np.int64)
+    strokes[0, 0, 0] = 2  # a class-2 stroke
+    strokes[1, 1, 1] = 3  # K + 1 = 3: a background stroke
+    kept = keep_strokes(labels, strokes, num_classes=2)
+    assert kept[0, 0, 0] == 2 and kept[1, 1, 1] == 0
+    assert (kept[strokes == 0] == 1).all()
