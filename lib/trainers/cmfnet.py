@@ -23,6 +23,7 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 from monai.data import PersistentDataset
+from monai.data.utils import pickle_hashing
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import IgniteMetricHandler, from_engine
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
@@ -149,10 +150,13 @@ class CmFNetTrainer(BasicTrainTask):
         return [*loading_transforms(plan, self.modalities, self.label_set.num_classes), HoldOutStrokesd("validation")]
 
     def _dataset(self, context, datalist, is_train, replace_rate=0.25):
-        """Deterministic transforms cached on disk across runs (items carry their files' versions)."""
-        transforms = self.train_pre_transforms(context) if is_train else self.val_pre_transforms(context)
+        """Deterministic transforms cached on disk across runs, keyed by the item (its files' versions)
+        and by those transforms (training and validation items of one case differ)."""
+        transforms = self._validate_transforms(
+            self.train_pre_transforms(context) if is_train else self.val_pre_transforms(context)
+        )
         cache = Path(self._model_dir) / "cache"
-        return PersistentDataset(datalist, self._validate_transforms(transforms), cache_dir=cache), datalist
+        return PersistentDataset(datalist, transforms, cache_dir=cache, hash_transform=pickle_hashing), datalist
 
     def train_data_loader(self, context, num_workers=0, shuffle=True):
         # one case per step; the crop takes `batch_size` patches from it
