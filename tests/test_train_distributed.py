@@ -12,7 +12,7 @@ from monailabel.tasks.train.basic_train import main_worker
 from lib.configs.cmfnet import CmFNetConfig
 from lib.data.demo import write_demo
 from lib.train_distributed import open_datastore
-from tests.conftest import free_port
+from tests.conftest import free_port, running_server
 from tests.ddp import assert_trained_in_step, torchrun
 
 STEPS = 3
@@ -48,3 +48,16 @@ def test_the_train_tasks_own_multi_gpu_spawn_trains_the_same_way(tmp_path, capfd
     mp.spawn(main_worker, nprocs=2, args=(2, request, datalist, task))
     assert_trained_in_step(capfd.readouterr().err, tmp_path / "model", world_size=2, steps=STEPS)
     assert json.loads((tmp_path / "model" / "cmfnet" / "train_stats.json").read_text())["status"] == "done"
+
+
+def test_a_running_server_serves_what_a_torchrun_job_publishes_into_its_model_folder(tmp_path):
+    write_demo(tmp_path / "demo", cases=4, scribbled=4, final=0, seed=0)
+    studies = tmp_path / "demo" / "studies"
+    with running_server(tmp_path, studies, {"auto_train": "false"}) as server:
+        assert server.http.post("/infer/cmfnet?image=case_000&output=json").status_code == 409  # no model yet
+        command = torchrun(2, studies, server.app_dir / "model", "max_steps", "2", "val_every", "2")
+        run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+        assert server.http.post("/infer/cmfnet?image=case_000&output=json").status_code == 200  # no restart
+        stats = server.http.get("/info/").json()["train_stats"]["cmfnet"]  # the job's progress, in the server
+        assert stats["status"] == "done" and stats["step"] == 2
