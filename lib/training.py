@@ -31,6 +31,7 @@ from lib.labels import IGNORE
 from lib.losses.hybrid import HybridLoss
 from lib.networks.cmfnet import CmFNetOutput, random_modality_mask
 from lib.planning import Plan
+from lib.precision import precision_for
 from lib.transforms.grid import voxel_spacing
 from lib.transforms.modalities import LoadModalitiesd
 from lib.transforms.targets import HoldOutStrokesd, LoadTargetd, PropagateStrokesd
@@ -92,12 +93,13 @@ def hybrid_step(
     modality_dropout: float,
     device: torch.device,
 ) -> tuple[CmFNetOutput, torch.Tensor, dict[str, float]]:
-    """One optimisation step on a collated batch of training patches."""
+    """One optimisation step on a collated batch of training patches (mixed precision: lib.precision)."""
+    precision = precision_for(optimizer, device)
     image = batch["image"].to(device)
     present = with_dropout(batch["present"].to(device), modality_dropout)
     network.train()
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with precision.autocast():
         output = network.forward_all(image, present)
     output = CmFNetOutput(
         fused=output.fused.float(),
@@ -115,8 +117,7 @@ def hybrid_step(
         pseudo=batch["pseudo"].to(device),
         confidence=batch["confidence"].to(device),
     )
-    loss.backward()
-    optimizer.step()
+    precision.backward_and_step(loss, optimizer)
     return output, loss, terms
 
 
