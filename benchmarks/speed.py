@@ -133,11 +133,11 @@ def part_step(device: torch.device, repeats: int) -> dict:
         model.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
         loss = HybridLoss(weights)
-        hybrid_step(model, optimizer, loss, batch, 1000, 0.0, device)
+        hybrid_step(model, optimizer, loss, batch, 1000, 0.0, device, plan.spacing)
         times = []
         for _ in range(repeats):
             watch = Stopwatch(device)
-            hybrid_step(model, optimizer, loss, batch, 1000, 0.0, device)
+            hybrid_step(model, optimizer, loss, batch, 1000, 0.0, device, plan.spacing)
             times.append(watch())
         results[name] = {"seconds": min(times), "parameters": sum(p.numel() for p in model.parameters())}
     results["ratio"] = results["cmfnet_hybrid"]["seconds"] / results["unet_pce"]["seconds"]

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from monai.transforms import (
@@ -32,7 +33,6 @@ from lib.losses.hybrid import HybridLoss
 from lib.networks.cmfnet import CmFNetOutput, random_modality_mask
 from lib.planning import Plan
 from lib.precision import precision_for
-from lib.transforms.grid import voxel_spacing
 from lib.transforms.modalities import LoadModalitiesd
 from lib.transforms.targets import HoldOutStrokesd, LoadTargetd, PropagateStrokesd
 
@@ -92,8 +92,12 @@ def hybrid_step(
     step: int,
     modality_dropout: float,
     device: torch.device,
+    spacing: Sequence[float],
 ) -> tuple[CmFNetOutput, torch.Tensor, dict[str, float]]:
-    """One optimisation step on a collated batch of training patches (mixed precision: lib.precision)."""
+    """One optimisation step on a collated batch of training patches (mixed precision: lib.precision).
+
+    ``spacing`` is the patches' voxel size in mm (the plan's): cached patches lose their affine.
+    """
     precision = precision_for(optimizer, device)
     image = batch["image"].to(device)
     present = with_dropout(batch["present"].to(device), modality_dropout)
@@ -113,7 +117,7 @@ def hybrid_step(
         batch["label"].to(device),
         dense=batch["dense"].to(device),
         step=step,
-        spacing=voxel_spacing(image.affine) if hasattr(image, "affine") else (1.0, 1.0, 1.0),
+        spacing=spacing,
         pseudo=batch["pseudo"].to(device),
         confidence=batch["confidence"].to(device),
     )

@@ -245,6 +245,7 @@ class CmFNetTrainer(BasicTrainTask):
     def train_iteration_update(self, context: Context):
         loss_function = self.loss_function(context)
         p_drop = float(context.request["modality_dropout"])
+        spacing = self._plan_of(context).spacing
 
         def iteration(engine, batch):
             _, loss, terms = hybrid_step(
@@ -255,6 +256,7 @@ class CmFNetTrainer(BasicTrainTask):
                 engine.state.iteration,
                 p_drop,
                 engine.state.device,
+                spacing,
             )
             return {"loss": loss.item(), **terms}
 
