@@ -76,4 +76,4 @@ $(NNUNET_VENV)/.installed: benchmarks/requirements-nnunet.txt
 nnunet-venv: $(NNUNET_VENV)/.installed
 
 nnunet-peer: nnunet-venv
-	PYTHONPATH=. $(NNUNET_VENV)/bin/python -m benchmarks.nnunet_peer --minutes $(MINUTES)
+	$(PY) -m benchmarks.accuracy --data real --methods nnunet --minutes $(MINUTES) --merge --nnunet-venv $(NNUNET_VENV)

@@ -36,11 +36,11 @@ def describe_machine(device: torch.device) -> str:
     )
 
 
-def write_results(name: str, data: dict, markdown: str) -> None:
-    """results/<name>.json and results/<name>.md."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1, default=str))
-    (RESULTS / f"{name}.md").write_text(markdown)
+def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS) -> None:
+    """<folder>/<name>.json and <folder>/<name>.md (results/ by default)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=1, default=str))
+    (folder / f"{name}.md").write_text(markdown)
 
 
 def write_between_markers(path: Path, name: str, content: str) -> bool:

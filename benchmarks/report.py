@@ -19,8 +19,10 @@ def _class_means(result: dict, classes: list[str]) -> list[str]:
 
 def accuracy_markdown(results: dict) -> str:
     lines = [
-        f"Command: `{results['command']}` on {results['machine']}; every trained method gets "
-        f"{results['minutes']:g} minutes of wall-clock time (data preparation included), seed {results['seed']}.",
+        "Commands: "
+        + "; ".join(f"`{c}`" for c in results.get("commands", [results["command"]]))
+        + f" on {results['machine']}; every trained method gets the minutes of wall-clock time given by `--minutes`"
+        f" (data preparation included; {results['minutes']:g} in the last command), seed {results['seed']}.",
         "",
     ]
     for name, meta in results["datasets"].items():

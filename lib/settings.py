@@ -47,14 +47,19 @@ class _Settings(BaseModel):
 
 
 class LossWeights(_Settings):
-    """Weights of the hybrid loss terms (lib.losses.hybrid); 0 switches a term off."""
+    """Weights of the hybrid loss terms (lib.losses.hybrid); 0 switches a term off.
+
+    The regularizers are off by default: on the real abdominal CT they lowered the Dice reached in
+    the same number of steps (150 steps: 0.37 with affinity 1, consistency 0.5, alignment 0.1
+    against 0.63 without) and cost a fifth more per step.
+    """
 
     pce: float = Field(1.0, ge=0, le=100, description="partial cross-entropy on the strokes")
-    pseudo: float = Field(1.0, ge=0, le=100, description="cross-entropy on the propagated pseudo labels")
+    pseudo: float = Field(1.0, ge=0, le=100, description="confidence-weighted CE + Dice on the pseudo labels")
     dense: float = Field(1.0, ge=0, le=100, description="CE + Dice where a `final` (dense) label exists")
-    affinity: float = Field(1.0, ge=0, le=100, description="intra-modal local-affinity (gated CRF) term")
-    consistency: float = Field(0.5, ge=0, le=100, description="per-modality vs fused prediction agreement")
-    alignment: float = Field(0.1, ge=0, le=100, description="alignment of the modality bottleneck features")
+    affinity: float = Field(0.0, ge=0, le=100, description="intra-modal local-affinity (gated CRF) term")
+    consistency: float = Field(0.0, ge=0, le=100, description="per-modality vs fused prediction agreement")
+    alignment: float = Field(0.0, ge=0, le=100, description="alignment of the modality bottleneck features")
     rampup_steps: int = Field(100, ge=0, le=1_000_000, description="steps over which the regularizers ramp up")
 
 
