@@ -87,6 +87,8 @@ def run_method(key: str, dataset: datasets.Dataset, args, device) -> dict | None
     """One method on one dataset: trained and scored, or None when it cannot run there."""
     work = CACHE / "accuracy" / "runs" / f"{dataset.name}_{key}_seed{args.seed}"
     row = {"dataset": dataset.name, "method": key, "title": methods.TITLES[key]}
+    if key in methods.TRAINED or key == "nnunet":
+        row["minutes"] = args.minutes
     if key in methods.TRAINED:
         trained = methods.train(key, dataset, args.minutes, work, str(device))
         row["train_seconds"], row["steps"] = trained["seconds"], trained["stats"].get("step")
