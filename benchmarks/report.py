@@ -32,7 +32,8 @@ def accuracy_markdown(results: dict) -> str:
             f"CT {'x'.join(str(n) for n in meta['ct_shape'])} at "
             f"{'x'.join(f'{s:.1f}' for s in meta['ct_spacing'])} mm.",
             "",
-            f"| method | answer | {' | '.join(classes)} | mean Dice | budget (min) | train (s) | steps | infer (s/case) |",
+            f"| method | answer | {' | '.join(classes)} | mean Dice | budget (min) | train (s) | steps "
+            "| infer (s/case) |",
             f"|---|---|{'---|' * len(classes)}---|---|---|---|---|",
         ]
         for row in (r for r in results["rows"] if r["dataset"] == name):
