@@ -1,4 +1,4 @@
-"""The GPU check (issue 14): what the product does on a CUDA machine, measured by one command into results/gpu.md.
+"""The GPU check: what the product does on a CUDA machine, measured by one command into results/gpu.md.
 
     benchmarks/gpu_check.sh             # a CUDA machine after `make setup`; within 8 minutes on an H100
     benchmarks/gpu_check.sh --dry-run   # the same steps, small, on the CPU (tests/test_gpu_check.py runs it)

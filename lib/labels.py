@@ -1,4 +1,4 @@
-"""The label conventions every part shares (DESIGN §4).
+"""The label conventions every part shares (docs/architecture.md, "Labels and strokes").
 
 Classes are a name -> id map with ids 1..K (0 = background). Stored scribbles use
 0 = not annotated, 1..K = a stroke of that class, K+1 = a background stroke

@@ -1,6 +1,6 @@
 """Make the demo datastore of paired CT/MR phantom cases (offline, seconds).
 
-Layout (DESIGN §4), for `--out demo_data`:
+Layout (docs/architecture.md, "Modalities and companions"), for `--out demo_data`:
 
     demo_data/studies/case_000.nii.gz                    CT, the datastore image (reference)
     demo_data/studies/mr/case_000.nii.gz                 its MR companion
