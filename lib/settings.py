@@ -22,10 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lib.errors import InvalidInput
 from lib.labels import DEMO_LABELS
 
-# MONAI Label's own keys of a train request (its task adds some, its train task's config others);
-# they pass through unchecked. Any other key must be a TrainSettings field.
+# MONAI Label's own keys of a train request (its task adds some, its train task's config others, its
+# client, which 3D Slicer uses, `client_id`); they pass through unchecked. Any other key must be a
+# TrainSettings field.
 MONAI_LABEL_TRAIN_KEYS = frozenset(
-    {"model", "name", "device", "run_id", "local_rank", "enqueue", "force_sync", "bundle_path", "gpus"}
+    {"model", "name", "device", "run_id", "local_rank", "enqueue", "force_sync", "bundle_path", "gpus", "client_id"}
     | {"dataset", "dataloader", "tracking", "tracking_uri", "tracking_experiment_name", "tracking_run_name"}
 )
 
