@@ -14,6 +14,8 @@ import numpy as np
 from lib.errors import InvalidInput
 
 IGNORE = -1
+# The datastore tag of stored strokes (`final` is MONAI Label's own tag of dense labels)
+SCRIBBLES_TAG = "scribbles"
 # The demo phantoms' classes (lib.data.phantoms), the server's default label map
 DEMO_LABELS = {"liver": 1, "spleen": 2, "bone": 3, "tumour": 4}
 
