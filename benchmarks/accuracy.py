@@ -23,8 +23,9 @@ from monai.metrics import DiceMetric
 from monai.networks import one_hot
 
 from benchmarks import datasets, methods
-from benchmarks.common import CACHE, RESULTS, ROOT, describe_machine, pick_device, write_between_markers, write_results
+from benchmarks.common import CACHE, RESULTS, ROOT, describe_machine, pick_device, write_results
 from benchmarks.report import accuracy_markdown, plot_curves
+from lib.markdown import write_between_markers
 
 DEFAULT_METHODS = [*methods.TRAINED, *methods.UNTRAINED]
 

@@ -39,7 +39,6 @@ from benchmarks.common import (
     Stopwatch,
     describe_machine,
     pick_device,
-    write_between_markers,
     write_results,
 )
 from benchmarks.server import running_server
@@ -48,6 +47,7 @@ from lib.inference import build_network, sliding_window_inferer
 from lib.infers.cmfnet import CmFNetSegmentation
 from lib.labels import DEMO_LABELS, IGNORE, LabelSet
 from lib.losses.hybrid import HybridLoss
+from lib.markdown import write_between_markers
 from lib.model_files import publish_model
 from lib.planning import make_plan
 from lib.settings import LossWeights

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lib.errors import InvalidInput
 from lib.labels import DEMO_LABELS
+from lib.markdown import write_between_markers
 
 # MONAI Label's own keys of a train request (its task adds some, its train task's config others, its
 # client, which 3D Slicer uses, `client_id`); they pass through unchecked. Any other key must be a
@@ -199,14 +200,7 @@ def _bounds(field) -> str:
 
 def write_readme_table(readme: Path) -> bool:
     """Replace the table between the README's `settings` markers; False when the markers are missing."""
-    start, end = "<!-- settings:start -->", "<!-- settings:end -->"
-    text = readme.read_text()
-    if start not in text or end not in text:
-        return False
-    before, rest = text.split(start, 1)
-    _, after = rest.split(end, 1)
-    readme.write_text(f"{before}{start}\n{markdown_table()}\n{end}{after}")
-    return True
+    return write_between_markers(readme, "settings", markdown_table())
 
 
 def main(argv=None) -> None:
