@@ -158,7 +158,8 @@ class RunBudget:
         self.validation_seconds = time.time() - start
         score = float(self.evaluator.state.metrics.get(self.metric_name, math.nan))
         self.last_score = score
-        improved = math.isfinite(score) and (self.best is None or score > self.best)
+        # a tie publishes the newer model: it trained longer (a small held-out set is often perfect early)
+        improved = math.isfinite(score) and (self.best is None or score >= self.best)
         if improved:
             self.best, self.best_step = score, step
             if self.main and (step > 0 or not self.validate_first):  # the published model needs no publishing

@@ -50,15 +50,15 @@ def run(trainer, evaluator, rb, steps=1000):
 
 
 def test_stops_at_the_step_limit_and_publishes_the_best_model_not_the_last(tmp_path):
-    trainer, evaluator = engines([0.5, 0.8, 0.6])  # validations at steps 2, 4, 6
+    trainer, evaluator = engines([0.5, 0.8, 0.8, 0.6])  # validations at steps 2, 4, 6, 8
     published = []
-    rb = budget(trainer, evaluator, published, tmp_path)
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=8)
     run(trainer, evaluator, rb)
-    assert trainer.state.iteration == 6
-    assert published == [2, 4]  # 0.6 at step 6 is worse than 0.8: not published
+    assert trainer.state.iteration == 8
+    assert published == [2, 4, 6]  # a tie publishes the newer model; 0.6 at step 8 is worse: not published
     stats = json.loads((tmp_path / "train_stats.json").read_text())
-    assert stats["status"] == "done" and stats["step"] == 6
-    assert stats["best_metric"] == pytest.approx(0.8) and stats["best_step"] == 4
+    assert stats["status"] == "done" and stats["step"] == 8
+    assert stats["best_metric"] == pytest.approx(0.8) and stats["best_step"] == 6
 
 
 def test_stops_early_enough_for_its_time_limit(tmp_path):
