@@ -4,7 +4,8 @@
   cases that no method ever sees strokes of (the next patient).
 - `real`: the real abdominal CT with its simulated MR (lib.data.real_scans), strokes on the case,
   scored on its unstroked voxels (what a clinician gets back).
-- `real_half`: the same scan with strokes on its lower half only (along z), scored on the upper half,
+- `real_half`: the same scan with strokes on the lower half of the slices that hold an organ (along z)
+  only, scored on the slices above,
   where no stroke lies: propagation cannot reach there, only a learned model can.
 """
 
@@ -88,7 +89,7 @@ def _write(name: str, folder: Path, seed: int) -> None:
         protocol = (
             "strokes on the scan, scored on its unstroked voxels"
             if name == "real"
-            else "strokes on the lower half of the scan (along z), scored on the upper half"
+            else "strokes on the lower half of the slices holding an organ (along z), scored on the slices above"
         )
     records, fractions = [], []
     for case_id, case, settings in cases:
@@ -99,7 +100,8 @@ def _write(name: str, folder: Path, seed: int) -> None:
             strokes = simulate_scribbles(case.truth, len(labels), seed, settings, image=case.ct)
         scored = np.ones(case.truth.shape, bool)
         if strokes is not None and name == "real_half":
-            half = case.truth.shape[2] // 2
+            organ_slices = np.flatnonzero((case.truth > 0).any(axis=(0, 1)))
+            half = (organ_slices[0] + organ_slices[-1] + 1) // 2  # every organ spans this slice on this scan
             strokes[..., half:] = 0
             scored[..., :half] = False
         elif strokes is not None and name == "phantom":
