@@ -98,7 +98,7 @@ def part_networks(device: torch.device, repeats: int, preset: str) -> dict:
     networks = {
         "cmfnet": cmfnet,
         "segresnet": _closest(lambda w: SegResNet(3, w, 2, NUM_CLASSES), range(8, 65, 8), count),
-        "unet": _closest(lambda w: _unet(w, len(plan.channels)), range(4, 65, 2), count),
+        "unet": _closest(lambda w: _unet(w, plan.strides), range(4, 65, 2), count),
     }
     image = torch.randn(1, 2, *working, device=device)
     present = torch.ones(1, 2, dtype=torch.bool, device=device)
@@ -122,8 +122,10 @@ def part_networks(device: torch.device, repeats: int, preset: str) -> dict:
     return {"working_grid": working, "plan": plan.describe(), "networks": results}
 
 
-def _unet(width: int, levels: int) -> UNet:
-    return UNet(3, 2, NUM_CLASSES, tuple(width * 2**i for i in range(levels)), (2,) * (levels - 1), num_res_units=2)
+def _unet(width: int, strides) -> UNet:
+    """A plain MONAI UNet with the plan's strides (so it takes the same windows)."""
+    channels = tuple(width * 2**i for i in range(len(strides) + 1))
+    return UNet(3, 2, NUM_CLASSES, channels, strides, num_res_units=2)
 
 
 def _closest(build, widths, target: int):
