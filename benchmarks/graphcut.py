@@ -51,7 +51,7 @@ def graphcut(
             codes[scribbles == c] = 3
             label = str(Path(folder) / f"strokes_{c}.nrrd")
             write_itk(codes, label, affine, np.uint8, compress=False)
-            _, data = task({"image": image, "label": label, "device": "cpu", "skip_writer": True})
+            _, data = task({"image": image, "label": label, "device": "cpu", "skip_writer": True, "logging": "WARNING"})
             pred = np.asarray(data["pred"])
             claimed[c - 1] = (pred[0] if pred.ndim == 4 else pred) > 0
             distance[c - 1] = distance_transform_edt(scribbles != c, sampling=spacing)
