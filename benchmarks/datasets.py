@@ -1,140 +1,131 @@
-"""The benchmark's data, written as datastore folders (CT + `mr/` companion + scribbles + truth) so that
-training and evaluation read them through the app's own pipeline (lib.training).
+"""The benchmarks' data, written as datastore folders so that every method reads them as the server does.
 
-- `phantom`: paired CT/MR phantoms (lib.data.phantoms). Training, tuning and test cases come from
-  disjoint phantom seeds (TRAIN_SEEDS, TUNE_SEEDS, TEST_SEEDS): methods train on the training cases'
-  scribbles (or dense truth) and are scored on the test cases they never saw.
-- `real`: the real abdominal CT with its simulated MR (lib.data.real_scans). Scribbles on the case,
-  scored on the same case: what a clinician gets back after scribbling a scan.
-
-Scribbles depend on the run seed (and the case), so every seed draws new scribbles; within a seed,
-every method gets the same ones.
+- `phantom`: paired CT/MR phantoms (lib.data.phantoms): strokes on 4 training cases, scored on 3 test
+  cases that no method ever sees strokes of (the next patient).
+- `real`: the real abdominal CT with its simulated MR (lib.data.real_scans), strokes on the case,
+  scored on its unstroked voxels (what a clinician gets back).
+- `real_half`: the same scan with strokes on its lower half only (along z), scored on the upper half,
+  where no stroke lies: propagation cannot reach there, only a learned model can.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from lib.data.cases import write_case
-from lib.data.phantoms import DEMO_LABELS, make_case
-from lib.data.real_scans import REAL_LABELS, make_abdomen_case, missing_reason
+from lib.data.phantoms import make_case
+from lib.data.real_scans import REAL_LABELS, abdomen_scribbles, make_abdomen_case, missing_reason
 from lib.data.scribbles import ScribbleSettings, annotated_fraction, simulate_scribbles
+from lib.labels import DEMO_LABELS
+from lib.transforms.intensity import CT_AIR_HU
 
-TRAIN_SEEDS = 1000
-TUNE_SEEDS = 2000
-TEST_SEEDS = 3000
-REAL_MR_SEED = 0  # the simulated MR is the same for every run seed; only the scribbles change
-# The scribble library's defaults (WORD-style: per axial slice, erode, skeletonize, keep a part, on 30 % of
-# the slices holding a class; background strokes from all of label 0, air included), plus a 5-pixel minimum
-# stroke: the skeleton of a small round blob (the tumour) is a single pixel, which no annotator would draw.
-SCRIBBLES = ScribbleSettings(min_length=5)
+TRAIN_SEEDS, TEST_SEEDS = 1000, 3000
+PHANTOM_SCRIBBLES = ScribbleSettings(body_threshold=CT_AIR_HU, min_length=5, slice_fraction=0.4, keep=1.0)
+NAMES = ("phantom", "real", "real_half")
 
 
 @dataclass
 class Case:
     case_id: str
-    image: str  # the CT (datastore image); its MR companion is in mr/ beside it
+    image: str  # the CT: the datastore image (its MR is in mr/ beside it)
     truth: str
-    scribbles: str
-    spacing: tuple[float, float, float]
-    annotated_fraction: float
+    strokes: str | None  # the stored scribbles, if the case has any
+    scored: str  # a mask of the voxels that count
 
-    def item(self, dense: bool) -> dict:
-        """An input of lib.training's pipelines: scribbles (sparse) or the truth (dense) as the label."""
-        return {"image": self.image, "label": self.truth if dense else self.scribbles, "dense": dense}
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(nib.load(self.truth).dataobj), np.asarray(nib.load(self.scored).dataobj).astype(bool)
 
 
 @dataclass
 class Dataset:
     name: str
     labels: dict[str, int]
-    train: list[Case]
-    test: list[Case]
+    studies: Path  # scribbles as the server stores them
+    dense_studies: Path  # the same cases with their truth as `final` labels instead
+    cases: list[Case]
     protocol: str
-    notes: dict = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
+    annotated_fraction: float
+    facts: dict = field(default_factory=dict)
 
 
-def _scribble_seed(run_seed: int, case_seed: int) -> int:
-    return 7919 * run_seed + case_seed
-
-
-def _write(folder: Path, case_id: str, case, labels, scribble_seed: int, settings: ScribbleSettings) -> Case:
-    scribbles = simulate_scribbles(case.truth, len(labels), scribble_seed, settings, image=case.ct)
-    paths = write_case(folder / "studies", case_id, case, scribbles, truth_dir=folder / "truth")
-    spacing = tuple(float(s) for s in np.linalg.norm(case.ct_affine[:3, :3], axis=0))
-    return Case(
-        case_id,
-        str(paths["image"]),
-        str(paths["truth"]),
-        str(paths["scribbles"]),
-        spacing,
-        annotated_fraction(scribbles),
-    )
-
-
-def phantom_dataset(
-    root: Path, run_seed: int, train_cases: int, test_cases: int, grid_scale: float, split: str = "test"
-) -> Dataset:
-    """Phantom cases under `root`; `split` "test" scores on TEST_SEEDS, "tune" on TUNE_SEEDS (for tuning)."""
-    folder = Path(root) / f"phantom_g{grid_scale:g}_seed{run_seed}"
-    settings = SCRIBBLES
-    evaluation_seeds = TEST_SEEDS if split == "test" else TUNE_SEEDS
-    train, test = [], []
-    for group, first, count in ((train, TRAIN_SEEDS, train_cases), (test, evaluation_seeds, test_cases)):
-        for index in range(count):
-            case_seed = first + index
-            group.append(
-                _write(
-                    folder,
-                    f"case_{case_seed}",
-                    make_case(case_seed, grid_scale),
-                    DEMO_LABELS,
-                    _scribble_seed(run_seed, case_seed),
-                    settings,
-                )
-            )
-    shape = make_case(TRAIN_SEEDS, grid_scale).ct.shape
+def build(name: str, folder: Path, seed: int = 0) -> Dataset:
+    """Write (or reuse) the dataset `name` under `folder`; FileNotFoundError when the real scan is missing."""
+    folder = Path(folder) / f"{name}_seed{seed}"
+    summary = folder / "dataset.json"
+    if not summary.exists():
+        _write(name, folder, seed)
+    meta = json.loads(summary.read_text())
     return Dataset(
-        name="phantom",
-        labels=dict(DEMO_LABELS),
-        train=train,
-        test=test,
-        protocol=(
-            f"paired CT/MR phantoms at {shape[0]}x{shape[1]}x{shape[2]} (grid scale {grid_scale:g}); train on "
-            f"{train_cases} cases, score on {test_cases} other cases"
-        ),
-        notes={"shape": list(shape)},
+        name=name,
+        labels=meta["labels"],
+        studies=folder / "studies",
+        dense_studies=folder / "dense" / "studies",
+        cases=[Case(**c) for c in meta["cases"]],
+        protocol=meta["protocol"],
+        annotated_fraction=meta["annotated_fraction"],
+        facts=meta["facts"],
     )
 
 
-def real_dataset(root: Path, run_seed: int, ct_spacing: float | None) -> Dataset | None:
-    """The real abdominal CT + simulated MR; None when the scan is not there (see `real_missing_reason`)."""
-    if missing_reason():
-        return None
-    folder = Path(root) / f"real_s{ct_spacing or 'native'}_seed{run_seed}"
-    case = make_abdomen_case(REAL_MR_SEED, ct_spacing)
-    settings = SCRIBBLES
-    written = _write(folder, "abdomen", case, REAL_LABELS, _scribble_seed(run_seed, 0), settings)
-    shape = case.ct.shape
-    return Dataset(
-        name="real",
-        labels=dict(REAL_LABELS),
-        train=[written],
-        test=[written],
-        protocol=(
-            f"real abdominal CT (TotalSegmentator test scan) at {shape[0]}x{shape[1]}x{shape[2]}, "
-            f"{written.spacing[0]:g} mm, with a simulated MR; scribbles on the case, scored on the same case"
-        ),
-        notes={"shape": list(shape)},
-    )
-
-
-def real_missing_reason() -> str | None:
-    return missing_reason()
+def _write(name: str, folder: Path, seed: int) -> None:
+    if name == "phantom":
+        labels = DEMO_LABELS
+        train = [(f"train_{i}", make_case(TRAIN_SEEDS + i), True) for i in range(4)]
+        test = [(f"test_{i}", make_case(TEST_SEEDS + i), False) for i in range(3)]
+        protocol = "strokes on 4 training phantoms; scored on 3 other phantoms that have no strokes"
+        cases = [(i, c, PHANTOM_SCRIBBLES if s else None) for i, c, s in train + test]
+    else:
+        if missing_reason():
+            raise FileNotFoundError(missing_reason())
+        labels = REAL_LABELS
+        case = make_abdomen_case(seed)
+        cases = [("abdomen", case, "real")]
+        protocol = (
+            "strokes on the scan, scored on its unstroked voxels"
+            if name == "real"
+            else "strokes on the lower half of the scan (along z), scored on the upper half"
+        )
+    records, fractions = [], []
+    for case_id, case, settings in cases:
+        strokes = None
+        if settings == "real":
+            strokes = abdomen_scribbles(case, seed)
+        elif settings is not None:
+            strokes = simulate_scribbles(case.truth, len(labels), seed, settings, image=case.ct)
+        scored = np.ones(case.truth.shape, bool)
+        if strokes is not None and name == "real_half":
+            half = case.truth.shape[2] // 2
+            strokes[..., half:] = 0
+            scored[..., :half] = False
+        elif strokes is not None:
+            scored = strokes == 0
+        if strokes is not None:
+            fractions.append(annotated_fraction(strokes))
+        paths = write_case(folder / "studies", case_id, case, strokes, truth_dir=folder / "truth")
+        write_case(folder / "dense" / "studies", case_id, case, final=strokes is not None)
+        mask = folder / "scored" / f"{case_id}.nii.gz"
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(scored.astype(np.uint8), case.ct_affine), mask)
+        records.append(
+            {
+                "case_id": case_id,
+                "image": str(paths["image"]),
+                "truth": str(paths["truth"]),
+                "strokes": str(paths["scribbles"]) if "scribbles" in paths else None,
+                "scored": str(mask),
+            }
+        )
+    shape = list(cases[0][1].ct.shape)
+    meta = {
+        "labels": labels,
+        "cases": records,
+        "protocol": protocol,
+        "annotated_fraction": float(np.mean(fractions)),
+        "facts": {"ct_shape": shape, "ct_spacing": np.linalg.norm(cases[0][1].ct_affine[:3, :3], axis=0).tolist()},
+    }
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=1))

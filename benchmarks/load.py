@@ -111,8 +111,8 @@ def markdown(results: dict) -> str:
 
 
 def main(argv=None) -> dict:
+    from benchmarks.server import publish_untrained_model, running_server
     from lib.data.demo import write_demo
-    from tests.conftest import publish_untrained_model, running_server
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", default="1,4,8", help="numbers of concurrent inference clients")

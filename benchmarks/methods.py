@@ -1,176 +1,178 @@
-"""The compared methods, how each is trained (lib.training's pipeline and step, unchanged) and applied.
+"""The compared methods. Every trained method is a train request to the product's own train task
+(lib.trainers.cmfnet, in this process: the code path `POST /train/cmfnet` runs in its subprocess) and is
+scored through the product's own infer task; only the request differs.
 
-| key | network | input | supervision | loss |
-| --- | --- | --- | --- | --- |
-| cmfnet | CmFNet, M=2 | CT + MR | scribbles | full hybrid loss (HybridLossWeights defaults) |
-| pce | CmFNet, M=2 | CT + MR | scribbles | partial CE only (affinity = consistency = alignment = 0) |
-| ct_only | CmFNet, M=1 | CT channel | scribbles | full hybrid loss (no second modality to align) |
-| mr_only | CmFNet, M=1 | MR channel | scribbles | full hybrid loss |
-| early_fusion | MONAI UNet, CT + MR as input channels | CT + MR | scribbles | partial CE |
-| full | CmFNet, M=2 | CT + MR | dense truth | dense CE + Dice (upper bound) |
-| graphcut | MONAI Label HistogramBasedGraphCut | CT | scribbles of the scored case | none (no training) |
-
-Every trained method runs the same data pipeline (`lib.training.training_transforms`, hold_out=False:
-the benchmark scores on truth, not on held-out strokes), the same patches per seed and the same
-`lib.training.hybrid_step`, for the same number of iterations. Single-modality methods take their
-channel of the same CT+MR batch. The early-fusion UNet's width is chosen to match CmFNet's
-parameter count (benchmarks.common.matched_unet).
-
-The graph cut is MONAI Label's own task as shipped, one-vs-rest over the classes (benchmarks.graphcut).
+| key | what |
+| --- | --- |
+| `cmfnet` | the default run: CmFNet, random-walker pseudo labels, the full hybrid loss |
+| `no_propagation` | the same, from the strokes alone (no pseudo labels) |
+| `pce` | the same network with partial cross-entropy on the strokes only |
+| `early_fusion` | one MONAI UNet with CT and MR as channels, the same recipe (`network: unet`) |
+| `dense` | CmFNet on the dense truth of the same cases (`final` labels): the upper bound |
+| `random_walker` | our propagation from the same strokes, no learning (what the scribbles task starts from) |
+| `graphcut` | MONAI Label's Histogram+GraphCut from the same strokes, no learning, one class at a time |
+| `nnunet` | nnU-Net v2 with its `ignore` label, in its own venv (benchmarks/nnunet_peer.py) |
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import logging
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
-import torch
-from monai.data import CacheDataset, DataLoader
-from monai.inferers import SlidingWindowInferer
-from monai.transforms import Compose
-from monai.utils import set_determinism
+from scipy.ndimage import distance_transform_edt
 
-from benchmarks.common import SingleStream, matched_unet, parameter_count
-from benchmarks.graphcut import graphcut  # noqa: F401 - the graphcut method, kept here with the others
-from lib.losses.hybrid import HybridLoss, HybridLossWeights
-from lib.networks.cmfnet import build_cmfnet
-from lib.training import hybrid_step, loading_transforms, training_transforms
+from benchmarks.common import ROOT
+from benchmarks.datasets import Case, Dataset
+from lib.datastore import CmfnetDatastore
+from lib.infers.cmfnet import CmFNetSegmentation
+from lib.labels import LabelSet
+from lib.planning import make_plan
+from lib.scribbles.propagation import keep_strokes, stroke_probabilities
+from lib.settings import TrainSettings
+from lib.trainers.cmfnet import CmFNetTrainer
+from lib.transforms.grid import restore_labels, voxel_spacing
+from lib.transforms.modalities import LoadModalitiesd, load_volume
 
 MODALITIES = ["ct", "mr"]
-REGULARIZERS_OFF = {"affinity": 0.0, "consistency": 0.0, "alignment": 0.0}
+OFF = {"affinity": 0.0, "consistency": 0.0, "alignment": 0.0, "pseudo": 0.0}
+TRAINED: dict[str, tuple[str, dict]] = {
+    "cmfnet": ("CmFNet (default run)", {}),
+    "no_propagation": ("CmFNet, strokes only (no pseudo labels)", {"propagation": "none"}),
+    "pce": ("CmFNet, partial CE only", {"propagation": "none", "loss": OFF}),
+    "early_fusion": ("Early fusion (MONAI UNet, same recipe)", {"network": "unet"}),
+    "dense": ("CmFNet on dense labels (upper bound)", {}),
+}
+UNTRAINED = {
+    "random_walker": "Random walker from the strokes (no learning)",
+    "graphcut": "MONAI Label Histogram+GraphCut (no learning)",
+    "nnunet": "nnU-Net v2, ignore label (peer)",
+}
+TITLES = {**{k: v[0] for k, v in TRAINED.items()}, **UNTRAINED}
 
 
-@dataclass(frozen=True)
-class Method:
-    key: str
-    title: str
-    kind: str  # "cmfnet", "early_fusion" or "graphcut"
-    channels: tuple[int, ...] = (0, 1)  # indices into MODALITIES
-    loss: dict = field(default_factory=dict)  # HybridLossWeights overrides on top of the run's hybrid weights
-    dense: bool = False  # trains on the dense truth instead of the scribbles
-    modality_dropout: float = 0.2  # the train task's default
-
-    @property
-    def trained(self) -> bool:
-        return self.kind != "graphcut"
-
-
-METHODS: list[Method] = [
-    Method("cmfnet", "CmFNet (hybrid loss)", "cmfnet"),
-    Method("pce", "CmFNet, pCE only", "cmfnet", loss=REGULARIZERS_OFF),
-    Method("ct_only", "CT only (CmFNet M=1, hybrid)", "cmfnet", channels=(0,)),
-    Method("mr_only", "MR only (CmFNet M=1, hybrid)", "cmfnet", channels=(1,)),
-    Method("early_fusion", "Early fusion (UNet, pCE)", "early_fusion", loss=REGULARIZERS_OFF, modality_dropout=0.0),
-    Method("full", "Full supervision (CmFNet, dense)", "cmfnet", loss=REGULARIZERS_OFF, dense=True),
-    Method("graphcut", "MONAI Label Histogram+GraphCut (CT)", "graphcut"),
-]
-METHODS_BY_KEY = {m.key: m for m in METHODS}
+def train(key: str, dataset: Dataset, minutes: float, work: Path, device: str) -> dict:
+    """Train through the product's train task; returns the run's stats and every published model with its time."""
+    labels = LabelSet(dataset.labels)
+    studies = dataset.dense_studies if key == "dense" else dataset.studies
+    datastore = CmfnetDatastore(str(studies), labels=labels, companions=MODALITIES[1:], extensions=["*.nii.gz"])
+    model = work / "model" / "cmfnet.pt"
+    shutil.rmtree(work, ignore_errors=True)
+    trainer = CmFNetTrainer(str(work / "model" / "cmfnet"), labels, MODALITIES, str(model), TrainSettings())
+    snapshots: list[dict] = []
+    start = time.time()
+    watcher = _Snapshots(model, work / "snapshots", start, snapshots)
+    watcher.start()
+    try:
+        trainer({"max_minutes": minutes, "device": device, **TRAINED[key][1]}, datastore)
+    finally:
+        watcher.stop()
+    return {"seconds": time.time() - start, "model": str(model), "snapshots": snapshots, "stats": trainer.stats()}
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    network: str  # CmFNet preset
-    patch_size: tuple[int, int, int]
-    num_samples: int
-    iterations: int
-    learning_rate: float
-    roi_size: tuple[int, int, int]  # sliding window for inference
-    hybrid: dict  # HybridLossWeights fields for the hybrid methods
-    affinity_sigma: float | None = None  # HybridLoss sigma_intensity; None = its default
+class _Snapshots(threading.Thread):
+    """Copies every newly published model, so the benchmark can score the model a user had at each moment."""
+
+    def __init__(self, model: Path, folder: Path, start: float, found: list[dict]):
+        super().__init__(daemon=True)
+        self.model, self.folder, self.start_time, self.found = model, folder, start, found
+        self._done = threading.Event()
+
+    def run(self):
+        seen = None
+        while not self._done.is_set():
+            seen = self._take_if_new(seen)
+            self._done.wait(1.0)
+        self._take_if_new(seen)
+
+    def _take_if_new(self, seen):
+        if not self.model.exists() or self.model.stat().st_mtime_ns == seen:
+            return seen
+        mtime = self.model.stat().st_mtime_ns
+        self.folder.mkdir(parents=True, exist_ok=True)
+        copy = self.folder / f"model_{len(self.found)}.pt"
+        shutil.copyfile(self.model, copy)
+        self.found.append({"minutes": round((time.time() - self.start_time) / 60, 2), "model": str(copy)})
+        return mtime
+
+    def stop(self):
+        self._done.set()
+        self.join()
 
 
-def build_network(method: Method, settings: TrainSettings, num_classes: int) -> torch.nn.Module:
-    if method.kind == "cmfnet":
-        return build_cmfnet(settings.network, len(method.channels), num_classes + 1)
-    if method.kind == "early_fusion":
-        reference = parameter_count(build_cmfnet(settings.network, len(MODALITIES), num_classes + 1))
-        depth = len(build_cmfnet(settings.network, 1, 2).channels)
-        return SingleStream(matched_unet(reference, len(method.channels), num_classes + 1, depth=depth))
-    raise ValueError(f"{method.key} has no network")
+def segment(model: str, dataset: Dataset, case: Case, device: str, use_strokes: bool) -> np.ndarray:
+    """The product's infer task on one case (with the case's stored strokes when `use_strokes`)."""
+    task = CmFNetSegmentation(model, LabelSet(dataset.labels), MODALITIES)
+    strokes = _strokes(case) if use_strokes else None
+    _, data = task({"image": case.image, "device": device, "strokes": strokes, "skip_writer": True})
+    return np.asarray(data["pred"]).astype(np.uint8)
 
 
-def loss_for(method: Method, settings: TrainSettings) -> HybridLoss:
-    weights = HybridLossWeights.from_dict({**settings.hybrid, **method.loss})
-    options = {} if settings.affinity_sigma is None else {"sigma_intensity": settings.affinity_sigma}
-    return HybridLoss(weights, **options)
+def random_walker(dataset: Dataset, case: Case, device: str) -> np.ndarray:
+    """Our propagation alone, on the working grid a plan for this image gives, as the scribbles task runs it."""
+    reference = load_volume(case.image, "image")
+    plan = make_plan([voxel_spacing(reference.affine)], [reference.shape[1:]], len(MODALITIES), 2)
+    loaded = LoadModalitiesd(MODALITIES, spacing=plan.spacing)({"image": case.image})
+    strokes = _strokes(case)
+    probabilities = stroke_probabilities(loaded["image"], strokes, len(dataset.labels), MODALITIES[0])
+    return keep_strokes(restore_labels(probabilities, reference.shape[1:]), strokes, len(dataset.labels))
 
 
-def select_channels(batch: dict, channels: Sequence[int]) -> dict:
-    """The batch restricted to some modalities (image, presence and valid mask alike)."""
-    if tuple(channels) == tuple(range(batch["image"].shape[1])):
-        return batch
-    index = list(channels)
-    return {
-        **batch,
-        "image": batch["image"][:, index],
-        "present": batch["present"][:, index],
-        "valid": batch["valid"][:, index],
-    }
+def graphcut(dataset: Dataset, case: Case, device: str) -> np.ndarray:
+    """MONAI Label's HistogramBasedGraphCut as shipped, one class against the rest; a voxel claimed by
+    several classes goes to the class with the nearest stroke."""
+    from monailabel.scribbles.infer import HistogramBasedGraphCut
+    from monailabel.transform.writer import write_itk
+
+    logging.getLogger("monailabel").setLevel(logging.WARNING)
+    ct = nib.load(case.image)
+    strokes, affine = _strokes(case), ct.affine
+    k = len(dataset.labels)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    claimed = np.zeros((k, *strokes.shape), bool)
+    distance = np.full((k, *strokes.shape), np.inf, np.float32)
+    with tempfile.TemporaryDirectory() as folder:
+        # NRRD: with a NIfTI image its Spacingd tries to update the request's `image_path` string as a meta dict
+        image = str(Path(folder) / "image.nrrd")
+        write_itk(np.asarray(ct.dataobj), image, affine, np.int16, compress=False)
+        for c in range(1, k + 1):
+            if not (strokes == c).any():
+                continue
+            codes = np.where(strokes == c, 3, np.where(strokes > 0, 2, 0)).astype(np.uint8)  # its fg 3, bg 2
+            label = str(Path(folder) / f"strokes_{c}.nrrd")
+            write_itk(codes, label, affine, np.uint8, compress=False)
+            _, data = HistogramBasedGraphCut()({"image": image, "label": label, "device": "cpu", "skip_writer": True})
+            pred = np.asarray(data["pred"])
+            claimed[c - 1] = (pred[0] if pred.ndim == 4 else pred) > 0
+            distance[c - 1] = distance_transform_edt(strokes != c, sampling=spacing)
+    labels = np.where(claimed, distance, np.inf).argmin(0) + 1
+    labels[~claimed.any(0)] = 0
+    return labels.astype(np.uint8)
 
 
-def train(
-    method: Method,
-    items: list[dict],
-    num_classes: int,
-    settings: TrainSettings,
-    seed: int,
-    device: torch.device,
-    log_every: int = 0,
-) -> tuple[torch.nn.Module, list[dict]]:
-    """Train `method` for settings.iterations steps on `items` (lib.training's pipeline and step)."""
-    set_determinism(seed)
-    transforms = Compose(
-        training_transforms(MODALITIES, num_classes, settings.patch_size, settings.num_samples, hold_out=False)
-    )
-    transforms.set_random_state(seed)
-    dataset = CacheDataset(items, transforms, progress=False)
-    loader = DataLoader(
-        dataset, batch_size=1, shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(seed)
-    )
-    network = build_network(method, settings, num_classes).to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate)
-    # cosine decay to zero over the budget: a short run ends on small steps (the step itself is unchanged)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: 0.5 * (1.0 + math.cos(math.pi * min(i, settings.iterations) / settings.iterations))
-    )
-    loss_function = loss_for(method, settings)
-    history = []
-    step = 0
-    while step < settings.iterations:
-        for batch in loader:
-            step += 1
-            _, loss, terms = hybrid_step(
-                network,
-                optimizer,
-                loss_function,
-                select_channels(batch, method.channels),
-                step,
-                method.modality_dropout,
-                device,
-            )
-            schedule.step()
-            if log_every and (step % log_every == 0 or step == 1):
-                history.append({"step": step, **terms})
-            if step >= settings.iterations:
-                break
-    set_determinism(None)
-    return network, history
+def nnunet(dataset: Dataset, minutes: float, work: Path, venv: Path) -> tuple[dict[str, np.ndarray], dict] | str:
+    """nnU-Net v2 on the dataset's stroked cases, predicting every case; a reason string when it cannot run."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        return f"nnU-Net v2 not installed ({python} missing; `make nnunet-venv`)"
+    work.mkdir(parents=True, exist_ok=True)
+    command = [str(python), "-m", "benchmarks.nnunet_peer", "--datastore", str(dataset.studies)]
+    command += ["--minutes", str(minutes), "--out", str(work)]
+    done = subprocess.run(command, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"nnU-Net v2 failed: {done.stderr[-500:]}"
+    return {c.case_id: np.asarray(nib.load(work / f"{c.case_id}.nii.gz").dataobj) for c in dataset.cases}, {}
 
 
-def load_for_evaluation(case_item: dict, num_classes: int) -> dict:
-    """CT + MR on the CT grid and the dense truth as a target, through the app's loading pipeline."""
-    return Compose(loading_transforms(MODALITIES, num_classes))(case_item)
+def _strokes(case: Case) -> np.ndarray:
+    return np.asarray(nib.load(case.strokes).dataobj).astype(np.int64)
 
 
-@torch.no_grad()
-def predict(network: torch.nn.Module, loaded: dict, channels: Sequence[int], roi_size, device) -> np.ndarray:
-    """Label map on the CT grid: sliding window as the server's infer task runs it."""
-    network.eval()
-    index = list(channels)
-    image = loaded["image"][index][None].to(device)
-    present = loaded["present"][index].to(device)
-    inferer = SlidingWindowInferer(roi_size=roi_size, sw_batch_size=1, overlap=0.25, mode="gaussian")
-    logits = inferer(image, network, present=present)
-    return logits[0].argmax(0).cpu().numpy().astype(np.uint8)
+PROPAGATIONS: dict[str, Callable] = {"random_walker": random_walker, "graphcut": graphcut}

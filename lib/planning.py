@@ -31,7 +31,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 # Budgets per device kind: voxels of the median case at the working spacing, and of one patch;
-# the network's widths per preset (one per level; the first level is at half resolution).
+# the network's widths per preset (one per level; the first level is at half resolution, the
+# last one, the bottom, at the size of the one before it).
 BUDGETS = {
     "cpu": {"case_voxels": 2_000_000, "patch_voxels": 64**3},
     "gpu": {"case_voxels": 24_000_000, "patch_voxels": 128**3},
@@ -45,8 +46,8 @@ COARSEN_STEP = 1.05
 class Plan:
     spacing: tuple[float, float, float]  # mm per axis of the working grid
     patch_size: tuple[int, int, int]
-    strides: tuple[tuple[int, int, int], ...]  # per network level
-    channels: tuple[int, ...]  # per network level
+    strides: tuple[tuple[int, int, int], ...]  # per downsampling (one fewer than levels)
+    channels: tuple[int, ...]  # per network level, the last one the bottom
     num_modalities: int
     num_classes: int  # background included
     network: str = "cmfnet"  # or "unet" (lib.networks.early_fusion)
@@ -111,14 +112,14 @@ def make_plan(
         # shrink the axis that is largest in mm, as nnU-Net does relative to the median shape
         axis = int(np.argmax(patch * spacing))
         patch[axis] = max(min(patch[axis] - 1, round(patch[axis] * 0.9)), 8)
-    strides = _strides(spacing, patch, len(widths))
+    strides = _strides(spacing, patch, len(widths) - 1)
     divisor = np.prod(strides, axis=0) if strides else np.ones(3)
     patch = np.maximum(np.round(patch / divisor) * divisor, divisor)
     plan = Plan(
         spacing=tuple(round(float(s), 4) for s in spacing),
         patch_size=tuple(int(p) for p in patch),
         strides=tuple(tuple(int(v) for v in s) for s in strides),
-        channels=widths[: len(strides)],
+        channels=widths[: len(strides) + 1],
         num_modalities=num_modalities,
         num_classes=num_classes,
         network=network,
@@ -128,7 +129,7 @@ def make_plan(
 
 
 def _strides(spacing: np.ndarray, patch: np.ndarray, max_levels: int) -> list[tuple[int, int, int]]:
-    """Per-level strides; the first level always halves every axis it can (features start at half size)."""
+    """Strides per downsampling, by nnU-Net's rule (see the module docstring)."""
     strides = []
     current_spacing, current_size = spacing.astype(float).copy(), patch.astype(float).copy()
     for _ in range(max_levels):

@@ -78,7 +78,11 @@ class TrainSettings(_Settings):
         "cmfnet", description="`cmfnet`, or `unet`: one MONAI UNet with the modalities as channels (early fusion)"
     )
     pretrained: bool = Field(True, description="start from the published model when its shape fits")
-    multi_gpu: bool = Field(False, description="one process per visible GPU (DDP) when two or more are visible")
+    multi_gpu: bool = Field(
+        False,
+        description="train with one process per visible GPU (DDP) when two or more are visible; "
+        "else on one device, with a warning in the log",
+    )
     loss: LossWeights = Field(default_factory=LossWeights, description='loss weights, e.g. `{"affinity": 0}`')
 
     @classmethod

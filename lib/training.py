@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from monai.transforms import (
@@ -31,7 +32,7 @@ from lib.labels import IGNORE
 from lib.losses.hybrid import HybridLoss
 from lib.networks.cmfnet import CmFNetOutput, random_modality_mask
 from lib.planning import Plan
-from lib.transforms.grid import voxel_spacing
+from lib.precision import precision_for
 from lib.transforms.modalities import LoadModalitiesd
 from lib.transforms.targets import HoldOutStrokesd, LoadTargetd, PropagateStrokesd
 
@@ -91,13 +92,18 @@ def hybrid_step(
     step: int,
     modality_dropout: float,
     device: torch.device,
+    spacing: Sequence[float],
 ) -> tuple[CmFNetOutput, torch.Tensor, dict[str, float]]:
-    """One optimisation step on a collated batch of training patches."""
+    """One optimisation step on a collated batch of training patches (mixed precision: lib.precision).
+
+    ``spacing`` is the patches' voxel size in mm (the plan's): cached patches lose their affine.
+    """
+    precision = precision_for(optimizer, device)
     image = batch["image"].to(device)
     present = with_dropout(batch["present"].to(device), modality_dropout)
     network.train()
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with precision.autocast():
         output = network.forward_all(image, present)
     output = CmFNetOutput(
         fused=output.fused.float(),
@@ -111,12 +117,11 @@ def hybrid_step(
         batch["label"].to(device),
         dense=batch["dense"].to(device),
         step=step,
-        spacing=voxel_spacing(image.affine) if hasattr(image, "affine") else (1.0, 1.0, 1.0),
+        spacing=spacing,
         pseudo=batch["pseudo"].to(device),
         confidence=batch["confidence"].to(device),
     )
-    loss.backward()
-    optimizer.step()
+    precision.backward_and_step(loss, optimizer)
     return output, loss, terms
 
 

@@ -24,7 +24,7 @@ def server(demo, tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(server):
     """The server after one short training run on the demo scribbles."""
-    task = server.train()
+    task = server.train(FAST_TRAIN)
     return server, task
 
 
@@ -117,7 +117,7 @@ def test_new_scribbles_and_training_change_checkpoint_and_prediction(trained, de
     stored = nib.load(server.studies / "labels" / "scribbles" / "case_002.nii.gz")
     np.testing.assert_array_equal(np.asarray(stored.dataobj), scribbles)
 
-    server.train({"pretrained": False})  # from scratch: the first validation is published
+    server.train({**FAST_TRAIN, "pretrained": False})  # from scratch: the first validation is published
     assert checksum(server.model_file) != model_before
     prediction_after = np.asarray(server.infer_label("case_002").dataobj)
     assert (prediction_after != prediction_before).any()

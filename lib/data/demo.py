@@ -21,10 +21,10 @@ import numpy as np
 
 from lib.data.phantoms import DEMO_LABELS, make_case
 from lib.data.scribbles import ScribbleSettings, annotated_fraction, simulate_scribbles
+from lib.transforms.intensity import CT_AIR_HU
 
 COMPANION = "mr"
 SCRIBBLES_TAG = "scribbles"
-CT_BODY_HU = -500.0
 
 
 def case_id(index: int) -> str:
@@ -49,7 +49,7 @@ def write_demo(out: Path, cases: int, scribbled: int, final: int, seed: int) -> 
         nib.save(nib.Nifti1Image(case.mr, case.mr_affine), studies / COMPANION / name)
         nib.save(nib.Nifti1Image(case.truth, case.ct_affine), out / "truth" / name)
         if index < scribbled:
-            settings = ScribbleSettings(body_threshold=CT_BODY_HU)
+            settings = ScribbleSettings(body_threshold=CT_AIR_HU)
             scribbles = simulate_scribbles(case.truth, len(DEMO_LABELS), seed + index, settings, image=case.ct)
             nib.save(nib.Nifti1Image(scribbles, case.ct_affine), studies / "labels" / SCRIBBLES_TAG / name)
             fractions.append(annotated_fraction(scribbles))

@@ -5,13 +5,12 @@ second modality is simulated, and every choice below is ours:
 
 - **CT**: the real scan (``abdomen_ct/ct.nii.gz``, 3 mm, HU), optionally resampled to a coarser
   grid for small CPUs (Gaussian prefilter + trilinear; labels nearest neighbour).
-- **Classes** (``REAL_LABELS``): liver, spleen, kidneys (left + right), stomach, lumbar vertebrae
-  (T12..S1). Chosen because they are large enough to score at 3-6 mm and they make fusion matter
-  in both directions on this non-contrast CT: liver (~46 HU) and spleen (~35 HU) look alike on
-  CT, and the kidneys (~15 HU) like the muscles and bowel around them, but all three differ
-  clearly on the simulated MR; the vertebrae are bright on CT but given the same MR intensity
-  as the muscles around them, so on MR only CT separates them. The pancreas (695 voxels) and
-  gallbladder were left out as too small to score at the CPU preset's 6 mm.
+- **Classes** (``REAL_LABELS``): spleen, right kidney, left kidney, liver, stomach, the five organs
+  of the scribble benchmarks (WORD's large abdominal organs). They make fusion matter on this
+  non-contrast CT: liver (~46 HU) and spleen (~35 HU) look alike on CT, and the kidneys (~15 HU)
+  like the muscles and bowel around them, but they differ clearly on the simulated MR. Left and
+  right kidney are different classes, as in WORD and TotalSegmentator. The pancreas (695 voxels)
+  and gallbladder were left out as too small to score at 3 mm.
 - **MR** (T2-weighted-like, arbitrary units): an intensity per TotalSegmentator structure
   (``MR_CONTRAST``), unlabelled tissue from the CT's HU (air dark, fat bright, soft tissue grey),
   a smooth +-8 % texture, rendered by trilinear sampling of that intensity map (built on the CT's
@@ -39,6 +38,7 @@ from scipy.spatial.transform import Rotation
 from lib.data.cases import write_case
 from lib.data.phantoms import PhantomCase, grid_affine, world_coordinates
 from lib.data.scribbles import ScribbleSettings, annotated_fraction, simulate_scribbles
+from lib.transforms.intensity import CT_AIR_HU
 
 # ../shared/data relative to the project root (the folder above lib/), or $CMFNET_SHARED_DATA
 SHARED_DATA = Path(
@@ -48,11 +48,11 @@ ABDOMEN_CT = SHARED_DATA / "abdomen_ct"
 
 # our class -> the TotalSegmentator structures it is made of (names as in labels.json)
 CLASS_SOURCES: dict[str, tuple[str, ...]] = {
-    "liver": ("liver",),
     "spleen": ("spleen",),
-    "kidneys": ("kidney_right", "kidney_left"),
+    "kidney_right": ("kidney_right",),
+    "kidney_left": ("kidney_left",),
+    "liver": ("liver",),
     "stomach": ("stomach",),
-    "vertebrae": tuple(f"vertebrae_{v}" for v in ("T12", "L1", "L2", "L3", "L4", "L5", "S1")),
 }
 REAL_LABELS = {name: index for index, name in enumerate(CLASS_SOURCES, start=1)}
 
@@ -220,12 +220,12 @@ def make_abdomen_case(seed: int = 0, ct_spacing: float | None = None, data_dir: 
     )
 
 
-CT_BODY_HU = -500.0
+# WORD-style strokes on 40 % of the slices holding each structure, whole skeletons: about 0.7 % of the voxels
+ABDOMEN_SCRIBBLES = ScribbleSettings(body_threshold=CT_AIR_HU, min_length=5, slice_fraction=0.4, keep=1.0)
 
 
-def abdomen_scribbles(case: PhantomCase, seed: int, settings: ScribbleSettings | None = None) -> np.ndarray:
+def abdomen_scribbles(case: PhantomCase, seed: int, settings: ScribbleSettings = ABDOMEN_SCRIBBLES) -> np.ndarray:
     """WORD-style scribbles for the real case (background strokes inside the body)."""
-    settings = settings or ScribbleSettings(body_threshold=CT_BODY_HU)
     return simulate_scribbles(case.truth, len(REAL_LABELS), seed, settings, image=case.ct)
 
 

@@ -21,8 +21,7 @@ class EarlyFusionUNet(nn.Module):
     ) -> None:
         super().__init__()
         self.num_modalities = num_modalities
-        # MONAI's UNet downsamples between levels, one fewer time than CmFNet's encoder with the same levels
-        self.strides = tuple(tuple(s) for s in strides[:-1])
+        self.strides = tuple(tuple(s) for s in strides)
         self.unet = UNet(3, num_modalities, num_classes, channels, self.strides, num_res_units=2, norm=INSTANCE_NORM)
 
     def forward(self, x: Tensor, present: Tensor | None = None) -> Tensor:

@@ -12,6 +12,11 @@ One ignite handler on the trainer does all of it, because they share one clock:
   useful model is served early and better ones replace it;
 - progress (step, loss, held-out accuracy, elapsed, estimated time left) goes to the log, which
   MONAI Label shows in `GET /train/`, and to the stats file that `/info` shows as `train_stats`.
+
+Under DDP (lib.distributed) every process runs one: they validate together (each on its share of
+the cases, the metric gathered over all), take the largest progress of any of them for the learning
+rate and stop as soon as any of them must, all at the same step; only the `main` process (rank 0)
+publishes, writes the stats file and logs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 
 from ignite.engine import Engine, Events
 
+from lib.distributed import agreed_max
 from lib.training import poly_learning_rate, run_progress
 
 logger = logging.getLogger(__name__)
@@ -47,6 +53,7 @@ class RunBudget:
         started_at: float,
         validate_first: bool,
         details: dict,
+        main: bool = True,
     ):
         self.evaluator = evaluator
         self.metric_name = metric_name
@@ -59,6 +66,7 @@ class RunBudget:
         self.started_at = started_at
         self.validate_first = validate_first
         self.details = details
+        self.main = main
         self.best: float | None = None
         self.best_step: int | None = None
         self.last_score: float | None = None
@@ -68,6 +76,7 @@ class RunBudget:
         self.loss = math.nan
         self._last_log = 0.0
         self._steps_timed = 0
+        self._progress = 0.0  # of the run when the next step starts, agreed by all processes
 
     def attach(self, trainer: Engine) -> None:
         trainer.add_event_handler(Events.STARTED, self._started)
@@ -92,10 +101,11 @@ class RunBudget:
         self._iteration_started_at = time.time()
         if self.validate_first:
             self._validate(trainer, "the published model, before training")
+        self._progress, _ = self._agreed(0)
         self._write(trainer, "running")
 
     def _set_learning_rate(self, trainer: Engine) -> None:
-        rate = poly_learning_rate(self.peak, self.progress(trainer.state.iteration - 1))
+        rate = poly_learning_rate(self.peak, self._progress)
         for group in trainer.optimizer.param_groups:
             group["lr"] = rate
         self._iteration_started_at = time.time()
@@ -109,21 +119,29 @@ class RunBudget:
         self.loss = float(output.get("loss", math.nan)) if isinstance(output, dict) else math.nan
         if step % self.val_every == 0:
             self._validate(trainer, f"step {step}")
-        if step >= self.max_steps or self._out_of_time():
-            logger.info(f"Stopping at step {step}: {'step' if step >= self.max_steps else 'time'} limit")
+        self._progress, stop = self._agreed(step)
+        if stop:
+            if self.main:
+                logger.info(f"Stopping at step {step}: {'step' if step >= self.max_steps else 'time'} limit")
             trainer.terminate()
             return
-        if time.time() - self._last_log >= LOG_EVERY_SECONDS:
+        if self.main and time.time() - self._last_log >= LOG_EVERY_SECONDS:
             self._report(trainer)
 
     def _completed(self, trainer: Engine) -> None:
         if self.last_validated_step != trainer.state.iteration:
             self._validate(trainer, f"step {trainer.state.iteration} (end of run)")
         self._write(trainer, "done")
-        logger.info(
-            f"Training done: {trainer.state.iteration} steps in {self.elapsed():.0f} s; best held-out accuracy "
-            f"{self.best if self.best is not None else float('nan'):.4f} at step {self.best_step}"
-        )
+        if self.main:
+            logger.info(
+                f"Training done: {trainer.state.iteration} steps in {self.elapsed():.0f} s; best held-out accuracy "
+                f"{self.best if self.best is not None else float('nan'):.4f} at step {self.best_step}"
+            )
+
+    def _agreed(self, step: int) -> tuple[float, bool]:
+        """The run's progress and whether it stops now, the same in every process (lib.distributed.agreed_max)."""
+        progress, stop = agreed_max([self.progress(step), float(step >= self.max_steps or self._out_of_time())])
+        return progress, bool(stop)
 
     def _out_of_time(self) -> bool:
         """True when one more step, a validation and a publication would not end within the budget."""
@@ -143,13 +161,14 @@ class RunBudget:
         improved = math.isfinite(score) and (self.best is None or score > self.best)
         if improved:
             self.best, self.best_step = score, step
-            if step > 0 or not self.validate_first:  # the published model itself needs no publishing
+            if self.main and (step > 0 or not self.validate_first):  # the published model needs no publishing
                 self.publish()
-        logger.info(
-            f"Validation at {when}: held-out stroke accuracy {score:.4f} "
-            f"({'new best, published' if improved and step > 0 else f'best {self.best:.4f}'}); "
-            f"{self.validation_seconds:.1f} s"
-        )
+        if self.main:
+            logger.info(
+                f"Validation at {when}: held-out stroke accuracy {score:.4f} "
+                f"({'new best, published' if improved and step > 0 else f'best {self.best:.4f}'}); "
+                f"{self.validation_seconds:.1f} s"
+            )
         self._write(trainer, "running")
 
     def _report(self, trainer: Engine) -> None:
@@ -164,6 +183,8 @@ class RunBudget:
         self._write(trainer, "running")
 
     def _write(self, trainer: Engine, status: str) -> None:
+        if not self.main:
+            return
         step = trainer.state.iteration
         stats = {
             **self.details,

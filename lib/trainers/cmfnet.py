@@ -10,7 +10,10 @@ stats file behind `/info`. What it cannot express by configuration is changed he
 - the run is bounded by steps and minutes, validated on held-out strokes, and every better model is
   published at once (lib.trainers.budget); the deterministic data (grids, pseudo labels) is cached
   on disk between runs, keyed by the files' modification times, so a retrain after new strokes on
-  one case propagates that case only.
+  one case propagates that case only;
+- with `multi_gpu` (one process per GPU, BasicTrainTask's own spawn) or under torchrun
+  (lib.train_distributed) every process trains the same network with DDP on its share of the cases,
+  and all of them stop at the same step (lib.distributed); rank 0 publishes.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from pathlib import Path
 import SimpleITK as sitk
 import torch
 from monai.data import PersistentDataset
+from monai.data.utils import pickle_hashing
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import IgniteMetricHandler, from_engine
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from lib.datastore import SCRIBBLES_TAG
+from lib.distributed import DistributedNetwork, RankSummary, from_rank0, rank_share, unwrap
 from lib.errors import InvalidInput
 from lib.inference import build_network, sliding_window_inferer
 from lib.labels import LabelSet
@@ -45,6 +50,8 @@ from lib.transforms.targets import HoldOutStrokesd
 logger = logging.getLogger(__name__)
 
 METRIC = "val_stroke_accuracy"
+# what every process of a distributed run takes from rank 0, besides its cases
+RANK0_KEYS = ("plan", "started_at", "run_id")
 
 
 class CmFNetTrainer(BasicTrainTask):
@@ -77,19 +84,26 @@ class CmFNetTrainer(BasicTrainTask):
 
     # ---- request ----------------------------------------------------------------------------------
     def __call__(self, request, datastore: Datastore):
-        started_at = time.time()
+        request = self.run_request(request)
+        gpus = torch.cuda.device_count()
+        if request["multi_gpu"] and gpus < 2:
+            logger.warning(f"multi_gpu is on but {gpus} CUDA device(s) are visible: training in one process")
+        return super().__call__(request, datastore)
+
+    def run_request(self, request: dict) -> dict:
+        """A train request with its settings checked (lib.settings) and the keys this task fixes; the
+        run's clock starts now."""
         settings = TrainSettings.from_request(request, self.defaults)
-        request = {
+        return {
             **request,
             **settings.model_dump(),
-            "started_at": started_at,
+            "started_at": time.time(),
             "max_epochs": 1,
             "train_batch_size": 1,
             "val_batch_size": 1,
             "dataset": "PersistentDataset",
             "dataloader": "DataLoader",
         }
-        return super().__call__(request, datastore)
 
     def pre_process(self, request, datastore: Datastore):
         """Every image with a `final` label (dense) or else scribbles; the plan goes into the request."""
@@ -100,7 +114,8 @@ class CmFNetTrainer(BasicTrainTask):
                 if label and os.path.exists(label):
                     image = datastore.get_image_uri(image_id)
                     version = _version(image, label, self.modalities[1:])
-                    datalist.append({"image": image, "label": label, "dense": dense, "version": version})
+                    item = {"case": image_id, "image": image, "label": label, "dense": dense, "version": version}
+                    datalist.append(item)
                     break
         if not datalist:
             raise InvalidInput("nothing to train on: no image has scribbles or a final label")
@@ -128,7 +143,13 @@ class CmFNetTrainer(BasicTrainTask):
         return make_plan(spacings, shapes, len(self.modalities), num_classes, device, preset, request["network"])
 
     def partition_datalist(self, context: Context, shuffle=False):
-        """Validation uses the held-out strokes of the same cases (see HoldOutStrokesd)."""
+        """Validation uses the held-out strokes of the same cases (see HoldOutStrokesd). Under DDP every
+        process first takes rank 0's cases, plan and clock (under torchrun only rank 0 reads the datastore)."""
+        if context.multi_gpu:
+            shared = from_rank0({"datalist": context.datalist, **{k: context.request.get(k) for k in RANK0_KEYS}})
+            context.datalist = shared.pop("datalist")
+            context.request.update(shared)
+            context.run_id = context.request["run_id"]
         return context.datalist, context.datalist
 
     # ---- data -------------------------------------------------------------------------------------
@@ -149,17 +170,53 @@ class CmFNetTrainer(BasicTrainTask):
         return [*loading_transforms(plan, self.modalities, self.label_set.num_classes), HoldOutStrokesd("validation")]
 
     def _dataset(self, context, datalist, is_train, replace_rate=0.25):
-        """Deterministic transforms cached on disk across runs (items carry their files' versions)."""
-        transforms = self.train_pre_transforms(context) if is_train else self.val_pre_transforms(context)
+        """This process's share of the cases under DDP. Deterministic transforms cached on disk across
+        runs, keyed by the item (its files' versions) and by those transforms (training and validation
+        items of one case differ)."""
+        if context.multi_gpu:
+            datalist = rank_share(datalist, context.local_rank, context.world_size)
+        transforms = self._validate_transforms(
+            self.train_pre_transforms(context) if is_train else self.val_pre_transforms(context)
+        )
         cache = Path(self._model_dir) / "cache"
-        return PersistentDataset(datalist, self._validate_transforms(transforms), cache_dir=cache), datalist
+        return PersistentDataset(datalist, transforms, cache_dir=cache, hash_transform=pickle_hashing), datalist
 
     def train_data_loader(self, context, num_workers=0, shuffle=True):
         # one case per step; the crop takes `batch_size` patches from it
-        dataset, _ = self._dataset(context, context.train_datalist, is_train=True)
+        dataset, datalist = self._dataset(context, context.train_datalist, is_train=True)
+        logger.info(f"{context.local_rank} - Records for Training: {len(datalist)}")
         return self._dataloader(context, dataset, 1, num_workers, shuffle)
 
-    # ---- model, loss, iteration -------------------------------------------------------------------
+    # ---- processes, devices, model, loss, iteration ------------------------------------------------
+    def train(self, rank, world_size, request, datalist):
+        """BasicTrainTask's. The processes it spawns for `multi_gpu` would each take every CPU thread (the
+        data preparation runs on the CPU) and slow each other down: they share them out, unless
+        OMP_NUM_THREADS says otherwise (torchrun sets it)."""
+        if request["multi_gpu"] and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        return super().train(rank, world_size, request, datalist)
+
+    def _device(self, context: Context):
+        """Under DDP this process's GPU: BasicTrainTask's pick by rank, but under torchrun the GPU of its
+        LOCAL_RANK (request `cuda_device`), since ranks count across nodes; the CPU without CUDA (gloo)."""
+        if context.multi_gpu and not torch.cuda.is_available():
+            return torch.device("cpu")
+        if context.multi_gpu and "cuda_device" in context.request:
+            device = torch.device("cuda", int(context.request["cuda_device"]))
+            torch.cuda.set_device(device)
+            return device
+        return super()._device(context)
+
+    def _create_network_and_optimizer(self, context: Context):
+        """BasicTrainTask's, with DDP through DistributedNetwork: it averages the gradients of `forward_all`."""
+        network = self.network(context).to(context.device)
+        context.network = network
+        optimizer = self.optimizer(context)
+        if context.multi_gpu:
+            network = DistributedNetwork(network, context.device)  # rank 0's weights in every process
+            context.fine_tuning = from_rank0(context.fine_tuning)
+        return network, optimizer
+
     def network(self, context: Context):
         plan = self._plan_of(context)
         network = build_network(plan)
@@ -188,6 +245,7 @@ class CmFNetTrainer(BasicTrainTask):
     def train_iteration_update(self, context: Context):
         loss_function = self.loss_function(context)
         p_drop = float(context.request["modality_dropout"])
+        spacing = self._plan_of(context).spacing
 
         def iteration(engine, batch):
             _, loss, terms = hybrid_step(
@@ -198,6 +256,7 @@ class CmFNetTrainer(BasicTrainTask):
                 engine.state.iteration,
                 p_drop,
                 engine.state.device,
+                spacing,
             )
             return {"loss": loss.item(), **terms}
 
@@ -227,7 +286,7 @@ class CmFNetTrainer(BasicTrainTask):
         return SupervisedEvaluator(
             device=context.device,
             val_data_loader=self.val_data_loader(context),
-            network=context.network,
+            network=unwrap(context.network),
             key_val_metric={
                 METRIC: IgniteMetricHandler(
                     metric_fn=StrokeAccuracy(self.label_set.num_classes + 1),
@@ -249,22 +308,24 @@ class CmFNetTrainer(BasicTrainTask):
             loss_function=None,
             iteration_update=self.train_iteration_update(context),
         )
-        if context.local_rank == 0:
-            plan = self._plan_of(context)
-            network = context.network.module if hasattr(context.network, "module") else context.network
-            RunBudget(
-                evaluator=context.evaluator,
-                metric_name=METRIC,
-                publish=lambda: publish_model(network, plan, self.published),
-                stats_path=Path(self._stats_path),
-                max_steps=int(settings["max_steps"]),
-                max_seconds=float(settings["max_minutes"]) * 60,
-                val_every=int(settings["val_every"]),
-                peak_learning_rate=float(settings["learning_rate"]),
-                started_at=float(settings["started_at"]),
-                validate_first=context.fine_tuning,
-                details={"run_id": context.run_id, "plan": plan.to_json(), "fine_tuning": context.fine_tuning},
-            ).attach(trainer)
+        plan = self._plan_of(context)
+        network = unwrap(context.network)
+        RunBudget(
+            evaluator=context.evaluator,
+            metric_name=METRIC,
+            publish=lambda: publish_model(network, plan, self.published),
+            stats_path=Path(self._stats_path),
+            max_steps=int(settings["max_steps"]),
+            max_seconds=float(settings["max_minutes"]) * 60,
+            val_every=int(settings["val_every"]),
+            peak_learning_rate=float(settings["learning_rate"]),
+            started_at=float(settings["started_at"]),
+            validate_first=context.fine_tuning,
+            details={"run_id": context.run_id, "plan": plan.to_json(), "fine_tuning": context.fine_tuning},
+            main=context.local_rank == 0,
+        ).attach(trainer)
+        if context.multi_gpu:
+            RankSummary(network, context.local_rank, context.world_size).attach(trainer)
         return trainer
 
     def finalize(self, context: Context):

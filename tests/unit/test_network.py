@@ -6,7 +6,7 @@ from monai.inferers import SlidingWindowInferer
 
 from lib.networks.cmfnet import CmFNet, ModalityFusion, random_modality_mask
 
-CHANNELS = (4, 8, 16)  # three downsamplings: spatial sizes must be multiples of 8
+CHANNELS = (4, 8, 16, 32)  # three downsamplings: spatial sizes must be multiples of 8
 
 
 def _net(num_modalities: int) -> CmFNet:
@@ -23,7 +23,7 @@ def test_output_shapes(num_modalities):
     assert len(out.per_modality) == num_modalities
     assert all(logits.shape == (2, 3, 8, 8, 8) for logits in out.per_modality)  # the first level's grid
     assert len(out.features) == num_modalities
-    assert all(f.shape == (2, 16, 2, 2, 2) for f in out.features)  # bottleneck: 16 / 2^3
+    assert all(f.shape == (2, 32, 2, 2, 2) for f in out.features)  # bottom: 16 / 2^3
     assert out.present.shape == (2, num_modalities) and out.present.all()
     assert torch.allclose(net(x), out.fused, atol=1e-6)
 
@@ -127,9 +127,9 @@ def test_voxels_where_a_companion_has_no_data_take_the_other_modality_only():
 
 
 def test_anisotropic_strides_keep_the_few_slices():
-    net = CmFNet(num_modalities=2, num_classes=3, channels=(4, 8, 16), strides=[(2, 2, 1), (2, 2, 1), (2, 2, 2)])
+    net = CmFNet(num_modalities=2, num_classes=3, channels=(4, 8, 16, 32), strides=[(2, 2, 1), (2, 2, 1), (2, 2, 2)])
     assert net.size_divisor == (8, 8, 2)
     out = net.forward_all(torch.randn(1, 2, 16, 16, 4))
     assert out.fused.shape == (1, 3, 16, 16, 4)
     assert out.per_modality[0].shape == (1, 3, 8, 8, 4)
-    assert out.features[0].shape == (1, 16, 2, 2, 2)
+    assert out.features[0].shape == (1, 32, 2, 2, 2)

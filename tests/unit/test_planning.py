@@ -36,7 +36,7 @@ def test_patch_fits_the_budget_and_the_network():
         divisor = plan.size_divisor
         assert all(p % d == 0 for p, d in zip(plan.patch_size, divisor, strict=True))
         assert np.prod(plan.patch_size) <= 1.3 * BUDGETS["cpu"]["patch_voxels"]
-        assert len(plan.channels) == len(plan.strides) >= 2
+        assert len(plan.channels) == len(plan.strides) + 1 >= 2
 
 
 def test_thick_slices_are_not_downsampled_until_the_others_catch_up():

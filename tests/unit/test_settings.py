@@ -11,8 +11,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_request_overrides_conf_which_overrides_defaults():
-    server, train = parse_conf({"max_minutes": "3", "loss": '{"affinity": 0}', "auto_train": "false"})
+    server, train = parse_conf(
+        {"max_minutes": "3", "loss": '{"affinity": 0}', "auto_train": "false", "multi_gpu": "true"}
+    )
     assert server.auto_train is False and train.max_minutes == 3.0 and train.loss.affinity == 0.0
+    assert train.multi_gpu is True and TrainSettings.from_request({"multi_gpu": False}, train).multi_gpu is False
     run = TrainSettings.from_request({"max_steps": 10, "loss": {"pseudo": 2}, "model": "cmfnet"}, train)
     assert run.max_steps == 10 and run.max_minutes == 3.0
     assert run.loss.pseudo == 2.0 and run.loss.affinity == 0.0  # a partial loss dict keeps the other weights
@@ -28,6 +31,7 @@ def test_request_overrides_conf_which_overrides_defaults():
         ({"loss": {"affinty": 1}}, "loss.affinty: Extra inputs are not permitted"),
         ({"max_epochs": 3}, "max_epochs: Extra inputs are not permitted"),
         ({"propagation": "graphcut"}, "propagation"),
+        ({"multi_gpu": "maybe"}, "multi_gpu: Input should be a valid boolean"),
     ],
 )
 def test_bad_train_parameters_are_a_422_that_names_the_key(request_, message):
