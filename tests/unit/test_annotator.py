@@ -1,17 +1,15 @@
-"""The simulated annotator's stroke placement on tiny volumes (no server): strokes land inside the error
-region with its true label, respect the round's budget, and go out in 3D Slicer's segment convention."""
+"""The simulated annotator on tiny volumes (no server): strokes land inside the error region with its true
+label, respect the round's budget, go out in 3D Slicer's segment convention, and scores leave out what an
+arm was given."""
 
+import nibabel as nib
 import numpy as np
 from scipy.ndimage import label
 
-from benchmarks.annotator import (
-    Budget,
-    dense_slices,
-    dice_per_class,
-    error_strokes,
-    first_strokes,
-    slicer_request,
-)
+from benchmarks.annotator import Data, given_cases, scored
+from benchmarks.datasets import Case, Dataset
+from benchmarks.slicer import scribbles_request
+from benchmarks.strokes import Budget, dense_slices, error_strokes, first_strokes
 from lib.labels import LabelSet
 from lib.scribbles.slicer import strokes_from_segments
 
@@ -100,7 +98,7 @@ def test_the_request_is_what_slicer_sends_and_the_server_reads_back_exactly_the_
     new[6:14, 10, 4] = 1  # 8 liver voxels: the selected class
     new[28, 26:30, 4] = 2  # 4 spleen voxels
     new[36, 2:8, 4] = BACKGROUND
-    labelmap, label_info, selected = slicer_request(new, truth, LABELS)
+    labelmap, label_info, selected = scribbles_request(new, truth, LABELS)
 
     assert selected == "liver"
     names = [segment["name"] for segment in label_info]
@@ -111,7 +109,7 @@ def test_the_request_is_what_slicer_sends_and_the_server_reads_back_exactly_the_
     np.testing.assert_array_equal(strokes, new)  # the result's class segments are not taken for strokes
     assert not erase.any()
 
-    first = slicer_request(new, None, LABELS)[1]  # round 0: no result shown yet
+    first = scribbles_request(new, None, LABELS)[1]  # round 0: no result shown yet
     assert [s["name"] for s in first] == ["background_scribbles", "foreground_scribbles", "spleen_scribbles"]
 
 
@@ -129,12 +127,23 @@ def test_dense_slices_are_whole_slices_in_the_body_and_grow_with_the_voxels():
     np.testing.assert_array_equal(more[labelled], stored_value(truth)[labelled])
 
 
-def test_dice_leaves_out_the_voxels_given_to_the_method():
+def test_scores_leave_out_the_voxels_given_to_the_arm_and_only_those(tmp_path):
     truth = two_organs()
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    paths = {}
+    for kind, values in (("image", np.zeros_like(truth)), ("truth", truth), ("scored", np.ones_like(truth))):
+        paths[kind] = tmp_path / f"{kind}.nii.gz"
+        nib.save(nib.Nifti1Image(values, affine), paths[kind])
+    case = Case("c", str(paths["image"]), str(paths["truth"]), None, str(paths["scored"]))
+    data = Data(Dataset("tiny", LABELS, tmp_path, tmp_path, [case], "", 0.0), [case], [])
     given = np.zeros_like(truth)
     given[4:8, 4:8, :] = 1
     prediction = truth.copy()
-    prediction[4:8, 4:8, :] = 2  # wrong only where the method was given the answer
-    assert dice_per_class(prediction, truth, given, K) == [1.0, 1.0]
-    assert dice_per_class(prediction, truth, None, K)[0] < 1.0
-    assert dice_per_class(np.zeros_like(truth), np.where(truth == 2, 0, truth), None, K)[1] is None
+    prediction[4:8, 4:8, :] = 2  # wrong only where the arm was given the answer
+
+    cases = given_cases(data, {"c": given}, tmp_path / "round_0")
+    np.testing.assert_array_equal(nib.load(cases[0].strokes).dataobj, given)
+    assert scored(data, cases, {"c": prediction})["mean"] == 1.0
+    prediction[12:16, 12:16, :] = 2  # and wrong where it was not
+    assert scored(data, cases, {"c": prediction})["cases"]["c"]["liver"] < 1.0
+    assert scored(data, [case], {"c": truth})["mean"] == 1.0  # a never-scribbled case: every voxel scored
