@@ -259,11 +259,11 @@ def run(data: Data, args, work: Path) -> tuple[list[dict], dict]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="phantom,real", help="phantom, real or both, comma-separated")
+    parser.add_argument("--data", default="phantom,real", help="phantom and/or real, comma-separated")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"of {','.join(ARMS)}, comma-separated (loop needed)")
     parser.add_argument("--rounds", type=int, default=2, help="correction rounds after round 0")
     parser.add_argument("--first-strokes", type=int, default=3, help="round 0: strokes per structure and case")
-    parser.add_argument("--train-minutes", type=float, default=1.0, help="auto_train_minutes of the servers")
+    parser.add_argument("--train-minutes", type=float, default=1.5, help="auto_train_minutes of the servers")
     parser.add_argument("--train-delay", type=float, default=3.0, help="auto_train_delay of the servers (s)")
     parser.add_argument("--max-steps", type=int, help="max_steps of a training run (default: the server's)")
     parser.add_argument("--real-spacing", type=float, help="resample the real CT to this spacing in mm (native 3)")
@@ -283,11 +283,16 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.WARNING)
 
     started = time.perf_counter()
-    results = {"command": command, "machine": describe_machine(torch.device("cpu")), "settings": {}, "datasets": {}}
-    results["settings"] = {k: getattr(args, k) for k in ("rounds", "first_strokes", "train_minutes", "max_steps")}
+    settings = {k: getattr(args, k) for k in ("rounds", "first_strokes", "train_minutes", "max_steps")}
+    results = {"command": command, "machine": describe_machine(torch.device("cpu")), "settings": settings}
+    results["datasets"] = {}
     for name in names:
         with tempfile.TemporaryDirectory(prefix=f"cmfnet-annotator-{name}-") as folder:
-            data = build(name, Path(folder) / "data", args.smoke, args.real_spacing)
+            try:
+                data = build(name, Path(folder) / "data", args.smoke, args.real_spacing)
+            except FileNotFoundError as error:  # the real scan is not there
+                print(f"{name}: skipped ({error})")
+                continue
             rows, budget = run(data, args, Path(folder))
         results["datasets"][name] = {"protocol": data.dataset.protocol, "labels": data.dataset.labels}
         results["datasets"][name] |= {"budget": budget, "rows": rows}

@@ -83,7 +83,8 @@ def annotator_markdown(results: dict) -> str:
     settings = results["settings"]
     steps = f" and {settings['max_steps']} steps" if settings["max_steps"] else ""
     lines = [
-        f"Command: `{results['command']}` on {results['machine']}; {results['minutes']:g} min in all. "
+        f"Command: `{results['command']}` on {results['machine']}, {results['load_average']:.1f} at the end; "
+        f"{results['minutes']:g} min in all. "
         f"{settings['rounds']} correction rounds after round 0 ({settings['first_strokes']} strokes per structure "
         f"in round 0); each retraining at most {settings['train_minutes']:g} min{steps}.",
         "",
@@ -124,7 +125,7 @@ def plot_annotator(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, NullFormatter
 
     names = list(results["datasets"])
     figure, axes = plt.subplots(len(names), 3, figsize=(15, 4.2 * len(names)), squeeze=False, sharey="row")
@@ -143,6 +144,8 @@ def plot_annotator(results: dict, path: Path) -> None:
             axis.set(xlabel=label, ylim=(0, 1))
             axis.grid(alpha=0.3)
         panels[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+        panels[1].set_xscale("log")  # dense slices hold many more voxels than strokes
+        panels[1].xaxis.set_minor_formatter(NullFormatter())
         panels[0].set_ylabel(f"{name}: mean Dice")
         panels[0].legend(fontsize=7, loc="lower right")
     axes[0][1].set_title("solid: annotated cases (unlabelled voxels); dashed: never-scribbled cases", fontsize=9)

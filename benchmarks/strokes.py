@@ -99,8 +99,9 @@ def error_strokes(
 
 def dense_slices(truth: np.ndarray, body: np.ndarray, num_classes: int, voxels: int) -> np.ndarray:
     """Dense labels of whole axial slices in the body, about `voxels` of them (at least one slice); slices in
-    bisection order over the body (middle, quarters, ...), so that more voxels only add slices."""
-    slices = np.flatnonzero(body.any(axis=(0, 1)))
+    bisection order (middle, quarters, ...) over the extent of the structures, so that more voxels only add
+    slices and the first one goes through them."""
+    slices = np.flatnonzero(((truth > 0) & body).any(axis=(0, 1)))
     count = int(min(len(slices), max(1, round(voxels * len(slices) / body[..., slices].sum()))))
     order, level = [], 0
     while len(order) < count:

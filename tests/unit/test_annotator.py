@@ -113,8 +113,9 @@ def test_the_request_is_what_slicer_sends_and_the_server_reads_back_exactly_the_
     assert [s["name"] for s in first] == ["background_scribbles", "foreground_scribbles", "spleen_scribbles"]
 
 
-def test_dense_slices_are_whole_slices_in_the_body_and_grow_with_the_voxels():
-    truth = two_organs()
+def test_dense_slices_are_whole_slices_in_the_body_through_the_structures_and_grow_with_the_voxels():
+    truth = np.zeros((40, 40, 20), np.uint8)
+    truth[..., 5:15] = two_organs()  # slices 0-4 and 15-19 hold no structure
     body = np.zeros(truth.shape, bool)
     body[2:38, 2:38, :] = True
     one = dense_slices(truth, body, K, voxels=10)  # fewer voxels than a slice: still one slice
@@ -122,6 +123,8 @@ def test_dense_slices_are_whole_slices_in_the_body_and_grow_with_the_voxels():
     assert len(np.flatnonzero(one.any(axis=(0, 1)))) == 1
     assert len(np.flatnonzero(more.any(axis=(0, 1)))) == 4
     assert ((one > 0) <= (more > 0)).all()  # later rounds add slices
+    assert set(np.flatnonzero(more.any(axis=(0, 1)))) <= set(range(5, 15))
+    assert (one == 1).any() and (one == 2).any()  # the first slice goes through both organs
     labelled = more > 0
     np.testing.assert_array_equal(labelled, body & more.any(axis=(0, 1)))
     np.testing.assert_array_equal(more[labelled], stored_value(truth)[labelled])
