@@ -57,9 +57,9 @@ TITLES = {
     "graphcut": "MONAI Label graph cut (no learning)",
 }
 ARMS = tuple(TITLES)  # the loop first: its annotator places the strokes that the others replay
-# a round's strokes all go out before its run starts (auto_train_delay), so a second run could only be
-# one queued during the first, and the server starts that within a second of the first one's end
-SETTLE_SECONDS = 3.0
+# a second run after a round's strokes could only be one queued during the first (strokes that came after it
+# started), and the server starts that within a second of the first one's end
+SETTLE_SECONDS = 2.0
 
 
 @dataclass
@@ -272,10 +272,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of annotator.{md,json,png}")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README with annotator markers")
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.annotator " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python -m benchmarks.annotator", *(argv if argv is not None else sys.argv[1:])])
     if args.smoke:
         args.data, args.rounds, args.first_strokes = "phantom", 1, 2
-        args.train_minutes, args.train_delay, args.max_steps = 0.5, 1.0, args.max_steps or 4
+        args.train_minutes, args.train_delay, args.max_steps = 0.5, 0.0, args.max_steps or 4
     args.arms = [a for a in ARMS if a in args.arms.split(",")]  # in ARMS' order: the loop first
     names = [n for n in args.data.split(",") if n]
     if "loop" not in args.arms or set(names) - {"phantom", "real"}:

@@ -147,8 +147,10 @@ def plot_annotator(results: dict, path: Path) -> None:
         panels[1].set_xscale("log")  # dense slices hold many more voxels than strokes
         panels[1].xaxis.set_minor_formatter(NullFormatter())
         panels[0].set_ylabel(f"{name}: mean Dice")
-        panels[0].legend(fontsize=7, loc="lower right")
     axes[0][1].set_title("solid: annotated cases (unlabelled voxels); dashed: never-scribbled cases", fontsize=9)
-    figure.tight_layout()
+    handles = {line.get_label(): line for panels in axes for line in panels[0].lines}
+    handles = {label: line for label, line in handles.items() if not label.startswith("_")}  # solid lines, per arm
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
     figure.savefig(path, dpi=100)
     plt.close(figure)
