@@ -62,8 +62,9 @@ serve: demo viewer-deps
 	$(PY) -m monailabel.main start_server --app apps/cmfnet --studies $(STUDIES) --host $(HOST) --port $(PORT) \
 		--conf models cmfnet $(CONF)
 
+# in a random order (pytest-randomly), whose seed the header prints: `--randomly-seed=N` repeats it
 test: setup browser-deps oidc-deps viewer-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -p randomly
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -76,4 +77,4 @@ $(NNUNET_VENV)/.installed: benchmarks/requirements-nnunet.txt
 nnunet-venv: $(NNUNET_VENV)/.installed
 
 nnunet-peer: nnunet-venv
-	PYTHONPATH=. $(NNUNET_VENV)/bin/python -m benchmarks.nnunet_peer --minutes $(MINUTES)
+	$(PY) -m benchmarks.accuracy --data real --methods nnunet --minutes $(MINUTES) --merge --nnunet-venv $(NNUNET_VENV)

@@ -1,1 +1,1 @@
-"""Benchmarks of CmFNet Label (GitHub issue 5): `python -m benchmarks.accuracy` and `python -m benchmarks.speed`."""
+"""Benchmarks of CmFNet Label, measured with the product's own code (benchmarks/README.md)."""

@@ -2,6 +2,7 @@
 
     python -m benchmarks.accuracy                     # phantom, real, real_half; every method; 8 minutes each
     python -m benchmarks.accuracy --data real --methods cmfnet,random_walker --minutes 4
+    python -m benchmarks.accuracy --data phantom --methods cmfnet,dense --merge   # add to the last run
     python -m benchmarks.accuracy --smoke             # seconds: the suite runs it
 
 Writes results/accuracy.{json,md}, results/accuracy_curve.png and the README's `accuracy` section.
@@ -10,6 +11,7 @@ Writes results/accuracy.{json,md}, results/accuracy_curve.png and the README's `
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -21,8 +23,9 @@ from monai.metrics import DiceMetric
 from monai.networks import one_hot
 
 from benchmarks import datasets, methods
-from benchmarks.common import CACHE, ROOT, describe_machine, pick_device, write_between_markers, write_results
+from benchmarks.common import CACHE, RESULTS, ROOT, describe_machine, pick_device, write_results
 from benchmarks.report import accuracy_markdown, plot_curves
+from lib.markdown import write_between_markers
 
 DEFAULT_METHODS = [*methods.TRAINED, *methods.UNTRAINED]
 
@@ -85,6 +88,8 @@ def run_method(key: str, dataset: datasets.Dataset, args, device) -> dict | None
     """One method on one dataset: trained and scored, or None when it cannot run there."""
     work = CACHE / "accuracy" / "runs" / f"{dataset.name}_{key}_seed{args.seed}"
     row = {"dataset": dataset.name, "method": key, "title": methods.TITLES[key]}
+    if key in methods.TRAINED or key == "nnunet":
+        row["minutes"] = args.minutes
     if key in methods.TRAINED:
         trained = methods.train(key, dataset, args.minutes, work, str(device))
         row["train_seconds"], row["steps"] = trained["seconds"], trained["stats"].get("step")
@@ -108,6 +113,22 @@ def run_method(key: str, dataset: datasets.Dataset, args, device) -> dict | None
         propagation = methods.PROPAGATIONS[key]
         row["served"] = score(dataset, lambda case: propagation(dataset, case, str(device)))
     return row
+
+
+def merged(previous_file: Path, results: dict) -> dict:
+    """This run's rows and datasets over those of an earlier run (rows replaced by dataset and method)."""
+    if not previous_file.exists():
+        return results
+    previous = json.loads(previous_file.read_text())
+    ran = {(r["dataset"], r["method"]) for r in results["rows"]}
+    kept = [r for r in previous["rows"] if (r["dataset"], r["method"]) not in ran]
+    commands = [*previous.get("commands", [previous["command"]]), results["command"]]
+    return {
+        **results,
+        "commands": commands,
+        "datasets": {**previous["datasets"], **results["datasets"]},
+        "rows": kept + results["rows"],
+    }
 
 
 def _segmenter(model: str, dataset, device, use_strokes: bool):
@@ -143,6 +164,7 @@ def main(argv=None):
     parser.add_argument("--nnunet-venv", default=str(ROOT / ".venv-nnunet"))
     parser.add_argument("--smoke", action="store_true", help="phantom, CmFNet and the random walker, seconds")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument("--merge", action="store_true", help="keep results/accuracy.json's other rows")
     args = parser.parse_args(argv)
     args.argv = argv if argv is not None else sys.argv[1:]
     if args.smoke:
@@ -154,6 +176,8 @@ def main(argv=None):
         parser.error(f"unknown {sorted(unknown)}; methods {sorted(methods.TITLES)}, data {list(datasets.NAMES)}")
     logging.basicConfig(level=logging.WARNING)
     results = run(args)
+    if args.merge:
+        results = merged(RESULTS / "accuracy.json", results)
     markdown = accuracy_markdown(results)
     name = "accuracy_smoke" if args.smoke else "accuracy"
     write_results(name, results, markdown)

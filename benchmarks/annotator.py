@@ -40,12 +40,13 @@ import torch
 
 from benchmarks import methods
 from benchmarks.accuracy import score
-from benchmarks.common import RESULTS, ROOT, describe_machine, write_between_markers
+from benchmarks.common import RESULTS, ROOT, describe_machine
 from benchmarks.datasets import TEST_SEEDS, TRAIN_SEEDS, Case, Dataset
 from benchmarks.report import annotator_markdown, plot_annotator
 from benchmarks.server import running_server
 from benchmarks.slicer import SlicerClient
 from benchmarks.strokes import Budget, body_mask, dense_slices, error_strokes, first_strokes
+from lib.markdown import write_between_markers
 from lib.transforms.intensity import CT_AIR_HU
 
 TITLES = {

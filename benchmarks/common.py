@@ -36,23 +36,11 @@ def describe_machine(device: torch.device) -> str:
     )
 
 
-def write_results(name: str, data: dict, markdown: str) -> None:
-    """results/<name>.json and results/<name>.md."""
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1, default=str))
-    (RESULTS / f"{name}.md").write_text(markdown)
-
-
-def write_between_markers(path: Path, name: str, content: str) -> bool:
-    """Replace what lies between `<!-- name:start -->` and `<!-- name:end -->` in `path`; False if no markers."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else ""
-    if start not in text or end not in text or text.index(start) > text.index(end):
-        return False
-    before, rest = text.split(start, 1)
-    _, after = rest.split(end, 1)
-    path.write_text(f"{before}{start}\n{content.strip()}\n{end}{after}")
-    return True
+def write_results(name: str, data: dict, markdown: str, folder: Path = RESULTS) -> None:
+    """<folder>/<name>.json and <folder>/<name>.md (results/ by default)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(data, indent=1, default=str))
+    (folder / f"{name}.md").write_text(markdown)
 
 
 class Stopwatch:

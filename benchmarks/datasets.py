@@ -102,6 +102,8 @@ def _write(name: str, folder: Path, seed: int) -> None:
             half = case.truth.shape[2] // 2
             strokes[..., half:] = 0
             scored[..., :half] = False
+        elif strokes is not None and name == "phantom":
+            scored[:] = False  # a training case: the phantoms are scored on the next patients only
         elif strokes is not None:
             scored = strokes == 0
         if strokes is not None:

@@ -1,4 +1,4 @@
-"""The GPU check (issue 14): what the product does on a CUDA machine, measured by one command into results/gpu.md.
+"""The GPU check: what the product does on a CUDA machine, measured by one command into results/gpu.md.
 
     benchmarks/gpu_check.sh             # a CUDA machine after `make setup`; within 8 minutes on an H100
     benchmarks/gpu_check.sh --dry-run   # the same steps, small, on the CPU (tests/test_gpu_check.py runs it)
@@ -56,7 +56,18 @@ COMMANDS = {
             "tests/test_gpu.py",
             "tests/unit/test_precision.py",
         ],
-        "speed": [PY, "-m", "benchmarks.speed", "--preset", "large", "--no-readme", "--out", "{work}/speed"],
+        "speed": [
+            PY,
+            "-m",
+            "benchmarks.speed",
+            "--preset",
+            "large",
+            "--parts",
+            "infer,networks,step",
+            "--no-readme",
+            "--out",
+            "{work}/speed",
+        ],
         "real_scan": [PY, "-m", "lib.data.real_scans", "--out", "{work}/abdomen"],
         "train": ["--conf", "max_minutes", "1.5"],  # the default settings, bounded in time
     },
@@ -75,10 +86,7 @@ COMMANDS = {
             PY,
             "-m",
             "benchmarks.speed",
-            "--preset",
-            "smoke",
-            "--no-readme",
-            "--no-server",
+            "--smoke",
             "--out",
             "{work}/speed",
         ],
@@ -247,7 +255,7 @@ def main(argv=None) -> int:
 
     limits = LIMITS[mode]
     steps = [run(Step(name, commands[name]), limits[name]) for name in ("tests", "speed", "real_scan")]
-    speed_md = work / "speed" / "speed.md"
+    speed_md = work / "speed" / ("speed_smoke.md" if args.dry_run else "speed.md")
     studies, data = work / "abdomen" / "studies", "the real abdominal CT with its simulated MR"
     if steps[-1].status != "ok":
         from lib.data.demo import write_demo

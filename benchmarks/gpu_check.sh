@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 14): benchmarks/gpu_check.py on this checkout, with the project's own set-up and nothing
+# The GPU check: benchmarks/gpu_check.py on this checkout, with the project's own set-up and nothing
 # else installed.
 #   benchmarks/gpu_check.sh             on a CUDA machine: writes results/gpu.md (within 8 minutes on an H100)
 #   benchmarks/gpu_check.sh --dry-run   the same steps, small, on the CPU (CI)

@@ -139,7 +139,9 @@ def main(argv=None) -> dict:
             server.http.post(f"/infer/cmfnet?image={images[0]}&output=json").raise_for_status()  # model loaded
             for training in [False] if args.no_training else [False, True]:
                 if training:
-                    server.http.post("/train/cmfnet", json={"max_epochs": 200}).raise_for_status()
+                    # a run longer than the phases (stopped below); a run is bounded by steps and minutes
+                    long_run = {"max_steps": 10_000_000, "max_minutes": 60}
+                    server.http.post("/train/cmfnet", json=long_run).raise_for_status()
                     while not training_running(server.http):
                         time.sleep(0.5)
                 for count in clients:

@@ -16,6 +16,7 @@ scored through the product's own infer task; only the request differs.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -158,17 +159,34 @@ def graphcut(dataset: Dataset, case: Case, device: str) -> np.ndarray:
 
 
 def nnunet(dataset: Dataset, minutes: float, work: Path, venv: Path) -> tuple[dict[str, np.ndarray], dict] | str:
-    """nnU-Net v2 on the dataset's stroked cases, predicting every case; a reason string when it cannot run."""
+    """nnU-Net v2 (benchmarks.nnunet_peer, its own venv) trained on the dataset's one stroked case and
+    predicting it; a reason string when it cannot run."""
     python = venv / "bin" / "python"
     if not python.exists():
         return f"nnU-Net v2 not installed ({python} missing; `make nnunet-venv`)"
+    stroked = [c for c in dataset.cases if c.strokes]
+    if len(stroked) != 1 or len(dataset.cases) != 1:
+        return "the peer trains on the stroked case and predicts that same case (one-case data sets only)"
+    case = stroked[0]
+    loaded = LoadModalitiesd(MODALITIES)({"image": case.image})  # on the CT grid, NaN where the MR has no data
     work.mkdir(parents=True, exist_ok=True)
-    command = [str(python), "-m", "benchmarks.nnunet_peer", "--datastore", str(dataset.studies)]
-    command += ["--minutes", str(minutes), "--out", str(work)]
+    inputs, prediction = work / "case.npz", work / "prediction.npy"
+    np.savez(
+        inputs, channels=loaded["image"].numpy(), strokes=_strokes(case), affine=loaded["reference_affine"].numpy()
+    )
+    command = [str(python), "-m", "benchmarks.nnunet_peer", "--case", str(inputs), "--out", str(prediction)]
+    command += [
+        "--num-classes",
+        str(len(dataset.labels)),
+        "--minutes",
+        str(minutes),
+        "--work-dir",
+        str(work / "nnunet"),
+    ]
     done = subprocess.run(command, cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     if done.returncode != 0:
         return f"nnU-Net v2 failed: {done.stderr[-500:]}"
-    return {c.case_id: np.asarray(nib.load(work / f"{c.case_id}.nii.gz").dataobj) for c in dataset.cases}, {}
+    return {case.case_id: np.load(prediction)}, json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _strokes(case: Case) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""nnU-Net v2 with its `ignore` label, as a peer beside CmFNet (issue 10, item 6). Benchmark only.
+"""nnU-Net v2 with its `ignore` label, as a peer beside CmFNet. Benchmark only.
 
 ScribbleBench finds nnU-Net trained with a partial loss (its `ignore` label) the strongest plain
 sparse-label trainer. This module trains it on the same strokes, with the same wall-clock budget,
@@ -43,10 +43,10 @@ nnunetv2 and its dependencies are not part of the server's install: they go into
 from `benchmarks/requirements-nnunet.txt` (see benchmarks/README.md). This module imports without
 them; `available()` says why it cannot run. Nothing is downloaded at run time.
 
-Try it on the real abdominal CT (five organs, strokes on 40 % of the slices of each), from the
-nnU-Net venv with the repository on PYTHONPATH:
+Run it through the accuracy benchmark, which writes the case and scores the prediction like every
+other method's (`make nnunet-peer MINUTES=8` on the real abdominal CT):
 
-    PYTHONPATH=. .venv-nnunet/bin/python -m benchmarks.nnunet_peer --minutes 2
+    python -m benchmarks.accuracy --data real --methods nnunet --minutes 8 --merge
 """
 
 from __future__ import annotations
@@ -462,48 +462,7 @@ def train_and_predict(
 
 
 # ---------------------------------------------------------------------------------------------
-# The command: the real abdominal CT with a simulated MR, five organs
-
-
-ABDOMEN_CLASSES = ("spleen", "kidney_right", "kidney_left", "liver", "stomach")  # TotalSegmentator names
-
-
-def abdomen_inputs(seed: int, data_dir: Path | None = None) -> dict:
-    """The real CT, the simulated MR resampled onto its grid (NaN outside the MR), five-organ truth and strokes."""
-    import torch
-    from monai.data import MetaTensor
-    from monai.transforms import ResampleToMatch
-
-    from lib.data.real_scans import ABDOMEN_CT, load_abdomen, make_abdomen_case
-    from lib.data.scribbles import ScribbleSettings, annotated_fraction, simulate_scribbles
-
-    data_dir = Path(data_dir or ABDOMEN_CT)
-    case = make_abdomen_case(seed=seed, data_dir=data_dir)
-    _, structures, structures_affine, names = load_abdomen(data_dir)
-    if structures.shape != case.ct.shape or not np.allclose(structures_affine, case.ct_affine):
-        raise RuntimeError("the TotalSegmentator labels are not on the case's CT grid")
-    truth = np.zeros(case.ct.shape, np.uint8)
-    for k, organ in enumerate(ABDOMEN_CLASSES, start=1):
-        ids = [i for i, name in names.items() if name == organ]
-        truth[np.isin(structures, ids)] = k
-
-    settings = ScribbleSettings(body_threshold=-500, min_length=5, slice_fraction=0.4, keep=1.0)
-    strokes = simulate_scribbles(truth, len(ABDOMEN_CLASSES), seed, settings, image=case.ct)
-
-    reference = MetaTensor(torch.as_tensor(case.ct)[None], affine=torch.as_tensor(case.ct_affine))
-    mr = MetaTensor(torch.as_tensor(case.mr)[None], affine=torch.as_tensor(case.mr_affine))
-    resampled = ResampleToMatch(mode="bilinear", padding_mode="zeros")(mr, reference)
-    coverage = ResampleToMatch(mode="nearest", padding_mode="zeros")(torch.ones_like(mr), reference)
-    mr_on_ct = resampled.as_tensor()[0].numpy().astype(np.float32)
-    mr_on_ct[coverage.as_tensor()[0].numpy() <= 0] = np.nan
-    return {
-        "channels": [case.ct.astype(np.float32), mr_on_ct],
-        "strokes": strokes,
-        "truth": truth,
-        "affine": case.ct_affine,
-        "annotated_fraction": annotated_fraction(strokes),
-        "mr_coverage": float(np.isfinite(mr_on_ct).mean()),
-    }
+# The command: one case written by benchmarks.methods.nnunet
 
 
 @contextlib.contextmanager
@@ -521,88 +480,44 @@ def stdout_to_stderr():
         os.close(saved)
 
 
-def dice_on_unscribbled(prediction: np.ndarray, truth: np.ndarray, strokes: np.ndarray, classes) -> dict[str, float]:
-    """Dice per class over the voxels without a stroke (numpy): 2|P n T| / (|P| + |T|)."""
-    free = strokes == 0
-    scores = {}
-    for k, name in enumerate(classes, start=1):
-        p = (prediction == k) & free
-        t = (truth == k) & free
-        total = int(p.sum() + t.sum())
-        scores[name] = float(2.0 * (p & t).sum() / total) if total else float("nan")
-    return scores
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        description="Train nnU-Net v2 (ignore label) on simulated strokes of the real abdominal CT + simulated MR "
-        "for a wall-clock budget, predict, and print Dice per class on the unscribbled voxels as JSON."
+        description="Train nnU-Net v2 (ignore label) on one stroked case within a wall-clock budget and predict it "
+        "(benchmarks.methods.nnunet writes the case and reads the prediction)."
     )
+    parser.add_argument("--case", type=Path, required=True, help=".npz: channels (M,X,Y,Z), strokes, affine")
+    parser.add_argument("--num-classes", type=int, required=True, help="K, foreground classes")
+    parser.add_argument("--out", type=Path, required=True, help="the predicted labels (.npy, on the case's grid)")
     parser.add_argument("--minutes", type=float, default=2.0, help="budget: planning + preprocessing + training")
-    parser.add_argument("--seed", type=int, default=0, help="the simulated MR's and the strokes' seed")
-    parser.add_argument("--data", type=Path, help="folder of ct.nii.gz, labels.nii.gz, labels.json")
     parser.add_argument("--work-dir", type=Path, default=Path("results/cache/nnunet_peer"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-mirroring", action="store_true", help="predict without nnU-Net's test-time mirroring")
     parser.add_argument("--gpu-memory-gb", type=float, help="nnU-Net planner's GPU memory target (default 8)")
     parser.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
     parser.add_argument("--augmentation-workers", type=int, default=0, help="nnUNet_n_proc_DA (default 0)")
-    parser.add_argument("--save", action="store_true", help="also write the prediction to WORK_DIR/prediction.nii.gz")
     args = parser.parse_args(argv)
-
     reason = available()
     if reason:
         print(json.dumps({"skipped": reason}))
-        return 0
-    from lib.data.real_scans import ABDOMEN_CT, missing_reason
-
-    data_dir = args.data or ABDOMEN_CT
-    missing = missing_reason(data_dir)
-    if missing:
-        print(json.dumps({"skipped": missing}))
-        return 0
-
-    load_before = os.getloadavg()
-    built = time.monotonic()
-    inputs = abdomen_inputs(args.seed, data_dir)
-    built = time.monotonic() - built
+        return 3
+    case = np.load(args.case)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     with stdout_to_stderr():
         prediction, facts = train_and_predict(
-            inputs["channels"],
-            inputs["strokes"],
-            inputs["affine"],
-            len(ABDOMEN_CLASSES),
+            list(case["channels"]),
+            case["strokes"],
+            case["affine"],
+            args.num_classes,
             args.minutes,
             args.work_dir,
-            class_names=list(ABDOMEN_CLASSES),
             device=args.device,
             mirroring=not args.no_mirroring,
             gpu_memory_gb=args.gpu_memory_gb,
             threads=args.threads,
             augmentation_workers=args.augmentation_workers,
         )
-    dice = dice_on_unscribbled(prediction, inputs["truth"], inputs["strokes"], ABDOMEN_CLASSES)
-    if args.save:
-        import nibabel as nib
-
-        nib.save(nib.Nifti1Image(prediction, inputs["affine"]), args.work_dir / "prediction.nii.gz")
-    result = {
-        "case": f"abdomen_ct (native {inputs['strokes'].shape}), simulated MR seed {args.seed}",
-        "annotated_fraction": round(inputs["annotated_fraction"], 5),
-        "mr_coverage_on_ct_grid": round(inputs["mr_coverage"], 4),
-        "dice_unscribbled": {k: round(v, 4) for k, v in dice.items()},
-        "mean_dice": round(float(np.nanmean(list(dice.values()))), 4),
-        "seconds_build_case": round(built, 2),
-        "facts": facts,
-        "machine": {
-            "cpus": machine_threads(),
-            "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
-            "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
-            "python": sys.version.split()[0],
-        },
-    }
-    print(json.dumps(result, indent=2))
+    np.save(args.out, prediction)
+    print(json.dumps({"facts": facts, "cpus": machine_threads(), "load_after": os.getloadavg()}, default=str))
     return 0
 
 

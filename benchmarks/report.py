@@ -19,8 +19,10 @@ def _class_means(result: dict, classes: list[str]) -> list[str]:
 
 def accuracy_markdown(results: dict) -> str:
     lines = [
-        f"Command: `{results['command']}` on {results['machine']}; every trained method gets "
-        f"{results['minutes']:g} minutes of wall-clock time (data preparation included), seed {results['seed']}.",
+        "Commands: "
+        + "; ".join(f"`{c}`" for c in results.get("commands", [results["command"]]))
+        + f" on {results['machine']}; each trained method gets the wall-clock minutes in its `budget` column"
+        f" (data preparation included), seed {results['seed']}.",
         "",
     ]
     for name, meta in results["datasets"].items():
@@ -30,8 +32,9 @@ def accuracy_markdown(results: dict) -> str:
             f"CT {'x'.join(str(n) for n in meta['ct_shape'])} at "
             f"{'x'.join(f'{s:.1f}' for s in meta['ct_spacing'])} mm.",
             "",
-            f"| method | answer | {' | '.join(classes)} | mean Dice | train (s) | steps | infer (s/case) |",
-            f"|---|---|{'---|' * len(classes)}---|---|---|---|",
+            f"| method | answer | {' | '.join(classes)} | mean Dice | budget (min) | train (s) | steps "
+            "| infer (s/case) |",
+            f"|---|---|{'---|' * len(classes)}---|---|---|---|---|",
         ]
         for row in (r for r in results["rows"] if r["dataset"] == name):
             for kind, label in (("served", "served (strokes honoured)"), ("model_alone", "model alone")):
@@ -41,7 +44,7 @@ def accuracy_markdown(results: dict) -> str:
                 train = f"{row['train_seconds']:.0f}" if "train_seconds" in row else "-"
                 lines.append(
                     f"| {row['title']} | {label} | {' | '.join(_class_means(result, classes))} | "
-                    f"**{result['mean']:.3f}** | {train} | {row.get('steps') or '-'} | "
+                    f"**{result['mean']:.3f}** | {row.get('minutes', '-')} | {train} | {row.get('steps') or '-'} | "
                     f"{result['seconds_per_case']:.1f} |"
                 )
         lines.append("")

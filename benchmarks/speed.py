@@ -33,13 +33,21 @@ import numpy as np
 import torch
 from monai.networks.nets import SegResNet, UNet
 
-from benchmarks.common import ROOT, Stopwatch, describe_machine, pick_device, write_between_markers, write_results
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
+    Stopwatch,
+    describe_machine,
+    pick_device,
+    write_results,
+)
 from benchmarks.server import running_server
 from lib.data.demo import write_demo
 from lib.inference import build_network, sliding_window_inferer
 from lib.infers.cmfnet import CmFNetSegmentation
 from lib.labels import DEMO_LABELS, IGNORE, LabelSet
 from lib.losses.hybrid import HybridLoss
+from lib.markdown import write_between_markers
 from lib.model_files import publish_model
 from lib.planning import make_plan
 from lib.settings import LossWeights
@@ -66,13 +74,14 @@ def big_case(folder: Path, shape, spacing) -> Path:
     return folder / "big.nii.gz"
 
 
-def plan_for(shape, spacing, device: torch.device, network: str = "cmfnet"):
-    return make_plan([spacing], [shape], 2, NUM_CLASSES, "gpu" if device.type == "cuda" else "cpu", network=network)
+def plan_for(shape, spacing, device: torch.device, network: str = "cmfnet", preset: str = "small"):
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    return make_plan([spacing], [shape], 2, NUM_CLASSES, kind, preset=preset, network=network)
 
 
-def part_infer(work: Path, device: torch.device) -> dict:
+def part_infer(work: Path, device: torch.device, preset: str) -> dict:
     image = big_case(work / "big", *CT_512)
-    plan = plan_for(*CT_512, device)
+    plan = plan_for(*CT_512, device, preset=preset)
     publish_model(build_network(plan), plan, work / "model.pt")
     task = CmFNetSegmentation(str(work / "model.pt"), LabelSet(DEMO_LABELS), ["ct", "mr"])
     task({"image": str(image), "device": device.type, "skip_writer": True})  # loads the model
@@ -81,8 +90,8 @@ def part_infer(work: Path, device: torch.device) -> dict:
     return {"plan": plan.describe(), "seconds": watch(), "latencies": result["latencies"]}
 
 
-def part_networks(device: torch.device, repeats: int) -> dict:
-    plan = plan_for(*CT_512, device)
+def part_networks(device: torch.device, repeats: int, preset: str) -> dict:
+    plan = plan_for(*CT_512, device, preset=preset)
     working = tuple(round(n * s / t) for n, s, t in zip(*CT_512, plan.spacing, strict=True))
     cmfnet = build_network(plan)
     count = sum(p.numel() for p in cmfnet.parameters())
@@ -121,15 +130,16 @@ def _closest(build, widths, target: int):
     return min((build(w) for w in widths), key=lambda n: abs(sum(p.numel() for p in n.parameters()) - target))
 
 
-def part_step(device: torch.device, repeats: int) -> dict:
-    plan = make_plan([(3.0, 3.0, 3.0)], [(122, 101, 112)], 2, NUM_CLASSES)  # the real scan's plan
+def part_step(device: torch.device, repeats: int, preset: str) -> dict:
+    real_scan = ((122, 101, 112), (3.0, 3.0, 3.0))  # the real abdominal CT at its working spacing
+    plan = plan_for(*real_scan, device, preset=preset)
     batch = _batch(plan.patch_size, 2)
     results = {}
     for name, network, weights in (
         ("cmfnet_hybrid", "cmfnet", LossWeights()),
         ("unet_pce", "unet", LossWeights(pseudo=0, affinity=0, consistency=0, alignment=0)),
     ):
-        model = build_network(plan if network == "cmfnet" else plan_for((122, 101, 112), (3.0,) * 3, device, "unet"))
+        model = build_network(plan if network == "cmfnet" else plan_for(*real_scan, device, "unet", preset))
         model.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
         loss = HybridLoss(weights)
@@ -255,6 +265,8 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--smoke", action="store_true", help="the step part only, once")
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--preset", default="small", choices=["small", "large"], help="the network's widths")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for speed.{json,md}")
     args = parser.parse_args(argv)
     argv = argv if argv is not None else sys.argv[1:]
     parts = ["step"] if args.smoke else [p for p in args.parts.split(",") if p]
@@ -266,15 +278,15 @@ def main(argv=None):
         for part in parts:
             print(f"speed: {part} ...", flush=True)
             if part == "infer":
-                results[part] = part_infer(work, device)
+                results[part] = part_infer(work, device, args.preset)
             elif part == "networks":
-                results[part] = part_networks(device, repeats)
+                results[part] = part_networks(device, repeats, args.preset)
             elif part == "step":
-                results[part] = part_step(device, repeats)
+                results[part] = part_step(device, repeats, args.preset)
             elif part == "server":
                 results[part] = part_server(work, args.smoke)
     text = markdown(results)
-    write_results("speed_smoke" if args.smoke else "speed", results, text)
+    write_results("speed_smoke" if args.smoke else "speed", results, text, args.out)
     if not args.smoke and not args.no_readme:
         write_between_markers(ROOT / "README.md", "speed", text)
     print(text)

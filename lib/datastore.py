@@ -41,13 +41,12 @@ from monailabel.datastore.utils.convert import binary_to_image
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.errors import Conflict, InvalidInput, NotFound
-from lib.labels import LabelSet
+from lib.labels import SCRIBBLES_TAG, LabelSet
 from lib.names import checked_names
 from lib.transforms.modalities import companion_path, load_volume
 
 logger = logging.getLogger(__name__)
 
-SCRIBBLES_TAG = "scribbles"
 HUMAN_TAGS = (SCRIBBLES_TAG, DefaultLabelTag.FINAL.value)
 # Affines may differ by float rounding between writers (ITK, nibabel, Slicer); in mm.
 AFFINE_TOLERANCE = 1e-2

@@ -1,4 +1,4 @@
-"""The label conventions every part shares (DESIGN §4).
+"""The label conventions every part shares (docs/architecture.md, "Labels and strokes").
 
 Classes are a name -> id map with ids 1..K (0 = background). Stored scribbles use
 0 = not annotated, 1..K = a stroke of that class, K+1 = a background stroke
@@ -14,6 +14,8 @@ import numpy as np
 from lib.errors import InvalidInput
 
 IGNORE = -1
+# The datastore tag of stored strokes (`final` is MONAI Label's own tag of dense labels)
+SCRIBBLES_TAG = "scribbles"
 # The demo phantoms' classes (lib.data.phantoms), the server's default label map
 DEMO_LABELS = {"liver": 1, "spleen": 2, "bone": 3, "tumour": 4}
 

@@ -21,11 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lib.errors import InvalidInput
 from lib.labels import DEMO_LABELS
+from lib.markdown import write_between_markers
 
-# MONAI Label's own keys of a train request (its task adds some, its train task's config others);
-# they pass through unchecked. Any other key must be a TrainSettings field.
+# MONAI Label's own keys of a train request (its task adds some, its train task's config others, its
+# client, which 3D Slicer uses, `client_id`); they pass through unchecked. Any other key must be a
+# TrainSettings field.
 MONAI_LABEL_TRAIN_KEYS = frozenset(
-    {"model", "name", "device", "run_id", "local_rank", "enqueue", "force_sync", "bundle_path", "gpus"}
+    {"model", "name", "device", "run_id", "local_rank", "enqueue", "force_sync", "bundle_path", "gpus", "client_id"}
     | {"dataset", "dataloader", "tracking", "tracking_uri", "tracking_experiment_name", "tracking_run_name"}
 )
 
@@ -47,14 +49,19 @@ class _Settings(BaseModel):
 
 
 class LossWeights(_Settings):
-    """Weights of the hybrid loss terms (lib.losses.hybrid); 0 switches a term off."""
+    """Weights of the hybrid loss terms (lib.losses.hybrid); 0 switches a term off.
+
+    The regularizers are off by default: on the real abdominal CT they lowered the Dice reached in
+    the same number of steps (150 steps: 0.37 with affinity 1, consistency 0.5, alignment 0.1
+    against 0.63 without) and cost a fifth more per step.
+    """
 
     pce: float = Field(1.0, ge=0, le=100, description="partial cross-entropy on the strokes")
-    pseudo: float = Field(1.0, ge=0, le=100, description="cross-entropy on the propagated pseudo labels")
+    pseudo: float = Field(1.0, ge=0, le=100, description="confidence-weighted CE + Dice on the pseudo labels")
     dense: float = Field(1.0, ge=0, le=100, description="CE + Dice where a `final` (dense) label exists")
-    affinity: float = Field(1.0, ge=0, le=100, description="intra-modal local-affinity (gated CRF) term")
-    consistency: float = Field(0.5, ge=0, le=100, description="per-modality vs fused prediction agreement")
-    alignment: float = Field(0.1, ge=0, le=100, description="alignment of the modality bottleneck features")
+    affinity: float = Field(0.0, ge=0, le=100, description="intra-modal local-affinity (gated CRF) term")
+    consistency: float = Field(0.0, ge=0, le=100, description="per-modality vs fused prediction agreement")
+    alignment: float = Field(0.0, ge=0, le=100, description="alignment of the modality bottleneck features")
     rampup_steps: int = Field(100, ge=0, le=1_000_000, description="steps over which the regularizers ramp up")
 
 
@@ -193,14 +200,7 @@ def _bounds(field) -> str:
 
 def write_readme_table(readme: Path) -> bool:
     """Replace the table between the README's `settings` markers; False when the markers are missing."""
-    start, end = "<!-- settings:start -->", "<!-- settings:end -->"
-    text = readme.read_text()
-    if start not in text or end not in text:
-        return False
-    before, rest = text.split(start, 1)
-    _, after = rest.split(end, 1)
-    readme.write_text(f"{before}{start}\n{markdown_table()}\n{end}{after}")
-    return True
+    return write_between_markers(readme, "settings", markdown_table())
 
 
 def main(argv=None) -> None:

@@ -1,4 +1,10 @@
-"""Shared fixtures: a small generated datastore; the real server on 127.0.0.1 comes from benchmarks.server."""
+"""Shared fixtures: a small generated datastore; the real server on 127.0.0.1 comes from benchmarks.server.
+
+Tests run in a random order (pytest-randomly), so none may rely on what another test left behind. A test
+that changes what a server holds (its published model, its stored strokes, its training runs) either works
+on a case of its own on a module's server, sets up what it needs itself, or takes `fresh_server`: a server
+of its own on its own copy of the demo datastore.
+"""
 
 import shutil
 from pathlib import Path
@@ -27,6 +33,14 @@ def demo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     write_demo(root, cases=3, scribbled=2, final=0, seed=0)
     return root
+
+
+@pytest.fixture
+def fresh_server(demo, tmp_path):
+    """A server of this test alone: its own copy of the demo datastore, no model, no training by itself."""
+    studies = copy_of_demo(demo, tmp_path)
+    with running_server(tmp_path, studies, {"auto_train": "false"}) as server:
+        yield server
 
 
 def copy_of_demo(demo: Path, folder: Path) -> Path:

@@ -23,9 +23,12 @@ def server(demo, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(server):
-    """The server after one short training run on the demo scribbles."""
+    """The server after one short training run on the demo scribbles, with what that run reported
+    (`/info` and the plan file show the latest run, which may be another test's)."""
     task = server.train(FAST_TRAIN)
-    return server, task
+    stats = server.http.get("/info/").json()["train_stats"]["cmfnet"]
+    plan = json.loads((server.app_dir / "model" / "cmfnet.plan.json").read_text())
+    return server, {**task, "stats": stats, "plan": plan}
 
 
 def checksum(path) -> str:
@@ -40,24 +43,22 @@ def test_info_lists_model_labels_and_trainer(server):
     assert info["labels"] == sorted(DEMO_LABELS, key=DEMO_LABELS.get)  # a list: the OHIF panel needs one
 
 
-def test_infer_before_any_training_is_a_clear_409(demo, tmp_path):
-    studies = copy_of_demo(demo, tmp_path)
-    with running_server(tmp_path, studies, {"auto_train": "false"}) as fresh:
-        response = fresh.http.post("/infer/cmfnet?image=case_000&output=json")
-        assert response.status_code == 409
-        assert "no trained cmfnet model" in response.json()["detail"]
+def test_infer_before_any_training_is_a_clear_409(fresh_server):
+    response = fresh_server.http.post("/infer/cmfnet?image=case_000&output=json")
+    assert response.status_code == 409
+    assert "no trained cmfnet model" in response.json()["detail"]
 
 
 def test_training_stops_at_its_step_limit_publishes_and_reports(trained):
     server, task = trained
     assert task["status"] == "DONE"
     assert server.model_file.exists()
-    stats = server.http.get("/info/").json()["train_stats"]["cmfnet"]
+    stats = task["stats"]
     assert stats["status"] == "done"
     assert stats["step"] == FAST_TRAIN["max_steps"]
     assert 0.0 <= stats["best_metric"] <= 1.0
     assert stats["plan"]["num_classes"] == len(DEMO_LABELS) + 1
-    assert json.loads((server.app_dir / "model" / "cmfnet.plan.json").read_text()) == stats["plan"]
+    assert task["plan"] == stats["plan"]
 
 
 def test_training_stops_at_its_time_limit(trained):

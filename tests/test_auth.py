@@ -49,7 +49,7 @@ def realm():
 
 @pytest.fixture(scope="module")
 def realm_server(realm, demo, tmp_path_factory):
-    studies = copy_of_demo(demo, tmp_path_factory, "auth_realm")
+    studies = copy_of_demo(demo, tmp_path_factory.mktemp("auth_realm"))
     env = {
         "MONAI_LABEL_AUTH_ENABLE": "true",
         "MONAI_LABEL_AUTH_REALM_URI": realm.uri,
@@ -76,7 +76,7 @@ def providers(tmp_path_factory):
 @pytest.fixture(scope="module")
 def oidc_server(providers, demo, tmp_path_factory):
     provider = providers[0]
-    studies = copy_of_demo(demo, tmp_path_factory, "auth_oidc")
+    studies = copy_of_demo(demo, tmp_path_factory.mktemp("auth_oidc"))
     env = {
         "MONAI_LABEL_AUTH_ENABLE": "true",
         "CMFNET_AUTH_ISSUER": provider.issuer,

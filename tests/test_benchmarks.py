@@ -6,7 +6,8 @@ import json
 import pytest
 
 from benchmarks import accuracy, speed
-from benchmarks.common import RESULTS, write_between_markers
+from benchmarks.common import RESULTS
+from lib.markdown import write_between_markers
 
 
 def test_accuracy_smoke_trains_through_the_train_task_and_scores_every_case():

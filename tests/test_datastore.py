@@ -1,5 +1,8 @@
 """The datastore over HTTP: uploads, stroke replacement and removal, and bad input (a clear 4xx,
-nothing stored lost, the server keeps serving)."""
+nothing stored lost, the server keeps serving).
+
+The module's server is shared: each test uses image ids of its own or leaves what it changed as it found
+it; a test that needs a server without any model in memory takes `fresh_server`."""
 
 import gzip
 import hashlib
@@ -102,14 +105,15 @@ def test_unknown_image_id_is_404(server, tmp_path):
     assert "no_such_case" in response.json()["detail"]
 
 
-def test_unreadable_model_file_is_a_clear_error(server):
+def test_unreadable_model_file_is_a_clear_error(fresh_server):
+    """On a server that never loaded a model: one already in memory would keep serving (the next test)."""
+    server = fresh_server
     publish_untrained_model(server)
     good = server.model_file.read_bytes()
     server.model_file.write_bytes(good[: len(good) // 2])  # a copy cut off half way, nothing loaded before
     response = server.http.post("/infer/cmfnet?image=case_002&output=json")
     assert response.status_code == 409
     assert "cannot be loaded" in response.json()["detail"]
-    server.model_file.unlink()
 
 
 def test_missing_companion_is_served_with_ct_only_and_says_so(server, tmp_path):
@@ -189,7 +193,7 @@ def test_strokes_are_merged_unless_replaced_on_purpose_and_can_be_deleted(server
     assert not stored.exists()
 
 
-def test_server_still_serves_after_all_of_the_above(server):
+def test_server_still_serves_whatever_ran_before(server):
     info = server.http.get("/info/")
     assert info.status_code == 200
     assert "cmfnet" in info.json()["models"]

@@ -19,7 +19,7 @@ CASES = ["case_000", "case_001", "case_002"]
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    studies = copy_of_demo(demo, tmp_path_factory, "load")
+    studies = copy_of_demo(demo, tmp_path_factory.mktemp("load"))
     with running_server(studies.parent, studies, {"auto_train": "false"}) as server:
         publish_untrained_model(server)
         yield server
@@ -28,7 +28,7 @@ def server(demo, tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_queue_server(demo, tmp_path_factory):
     """One model worker and one waiting place."""
-    studies = copy_of_demo(demo, tmp_path_factory, "small_queue")
+    studies = copy_of_demo(demo, tmp_path_factory.mktemp("small_queue"))
     conf = {"auto_train": "false", "infer_workers": "1", "infer_queue": "1"}
     with running_server(studies.parent, studies, conf) as server:
         publish_untrained_model(server)

@@ -1,4 +1,7 @@
-"""The scribble loop through a real server, driven the way 3D Slicer's MONAI Label module drives it."""
+"""The scribble loop through a real server, driven the way 3D Slicer's MONAI Label module drives it.
+
+Two servers: `server` never trains (what an annotator gets back, and what is stored; each test starts
+from a case without strokes), `learning_server` retrains by itself (each test counts the runs it caused)."""
 
 import shutil
 import time
@@ -12,7 +15,7 @@ from monailabel.transform.writer import write_itk
 
 from lib.data.phantoms import DEMO_LABELS
 from lib.data.scribbles import ScribbleSettings, simulate_scribbles
-from tests.conftest import copy_of_demo, running_server
+from tests.conftest import copy_of_demo, publish_untrained_model, running_server
 
 K = len(DEMO_LABELS)
 BACKGROUND = K + 1
@@ -21,12 +24,30 @@ CASE = "case_002"
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    """Auto-training on (4 steps per run, 1 s delay); the datastore starts without any scribbles."""
+    """The annotation side: no training and never a model; the datastore starts without any scribbles."""
+    studies = copy_of_demo(demo, tmp_path_factory.mktemp("strokes"))
+    shutil.rmtree(studies / "labels" / "scribbles")
+    with running_server(studies.parent, studies, {"auto_train": "false"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def learning_server(demo, tmp_path_factory):
+    """The learning side: auto-training on (4 steps per run, 1 s delay), no scribbles and no model at start."""
     studies = copy_of_demo(demo, tmp_path_factory.mktemp("loop"))
     shutil.rmtree(studies / "labels" / "scribbles")
     conf = {"auto_train": "true", "auto_train_delay": "1", "max_steps": "4", "val_every": "2"}
     with running_server(studies.parent, studies, conf) as server:
         yield server
+
+
+@pytest.fixture
+def no_strokes(server):
+    """CASE and case_001 without stored strokes when the test starts, whatever ran before."""
+    for image_id in (CASE, "case_001"):
+        response = server.http.delete("/datastore/label", params={"id": image_id, "tag": "scribbles"})
+        assert response.status_code in (200, 404), response.text
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +107,22 @@ def test_info_lists_the_scribbles_task(server):
     assert server.http.get("/info/").json()["models"]["cmfnet_scribbles"]["type"] == "scribbles"
 
 
-def test_first_strokes_give_a_corrected_mask_at_once_and_are_stored(server, truth, tmp_path):
+def first_strokes(server, truth, tmp_path):
+    """Slicer's first request on CASE: liver and background strokes, with the segmentation Slicer got back."""
     foreground, background = liver_strokes(truth, seed=1)
-    liver = truth == DEMO_LABELS["liver"]
-    segments = {"liver": liver, "background_scribbles": background, "foreground_scribbles": foreground}
+    segments = {
+        "liver": truth == DEMO_LABELS["liver"],
+        "background_scribbles": background,
+        "foreground_scribbles": foreground,
+    }
     mask, affine, result = scribbles_request(server, tmp_path, segments, "liver")
+    return foreground, background, mask, affine, result
+
+
+def test_first_strokes_give_a_corrected_mask_at_once_and_are_stored(no_strokes, truth, tmp_path):
+    server = no_strokes
+    foreground, background, mask, affine, result = first_strokes(server, truth, tmp_path)
+    liver = truth == DEMO_LABELS["liver"]
 
     ct = nib.load(server.studies / f"{CASE}.nii.gz")
     assert mask.shape == ct.shape
@@ -106,7 +138,9 @@ def test_first_strokes_give_a_corrected_mask_at_once_and_are_stored(server, trut
     np.testing.assert_array_equal(stored, expected)  # the "liver" segment itself is not a stroke
 
 
-def test_second_request_adds_strokes_to_the_stored_ones(server, truth, tmp_path):
+def test_second_request_adds_strokes_to_the_stored_ones(no_strokes, truth, tmp_path):
+    server = no_strokes
+    first_strokes(server, truth, tmp_path)
     before = stored_scribbles(server)
     scribbles = simulate_scribbles(truth, K, seed=2, settings=ScribbleSettings(slice_fraction=0.3))
     spleen = (scribbles == DEMO_LABELS["spleen"]) & (before == 0)
@@ -118,7 +152,9 @@ def test_second_request_adds_strokes_to_the_stored_ones(server, truth, tmp_path)
     assert result["stroke_voxels"][str(DEMO_LABELS["spleen"])] == spleen.sum()
 
 
-def test_erase_segment_removes_stored_strokes(server, tmp_path):
+def test_erase_segment_removes_stored_strokes(no_strokes, truth, tmp_path):
+    server = no_strokes
+    first_strokes(server, truth, tmp_path)
     before = stored_scribbles(server)
     mistake = np.zeros(before.shape, bool)
     z = np.argwhere(before == BACKGROUND)[0][2]
@@ -129,18 +165,49 @@ def test_erase_segment_removes_stored_strokes(server, tmp_path):
     np.testing.assert_array_equal(after[~mistake], before[~mistake])
 
 
-def test_training_starts_by_itself_and_publishes_a_model(server):
+def test_ohif_label_with_background_strokes_is_stored_as_scribbles(no_strokes, tmp_path):
+    server = no_strokes
+    ct = nib.load(server.studies / "case_001.nii.gz")
+    strokes = np.zeros(ct.shape, np.uint8)
+    strokes[40:50, 40, 20] = DEMO_LABELS["liver"]
+    strokes[5:15, 5, 20] = BACKGROUND
+    path = tmp_path / "ohif.nii.gz"
+    nib.save(nib.Nifti1Image(strokes, ct.affine), path)
+    with path.open("rb") as f:
+        response = server.http.put("/datastore/label", params={"image": "case_001"}, files={"label": f})
+    assert response.status_code == 200, response.text
+    assert not (server.studies / "labels" / "final" / "case_001.nii.gz").exists()
+    stored = np.asarray(nib.load(server.studies / "labels" / "scribbles" / "case_001.nii.gz").dataobj)
+    np.testing.assert_array_equal(stored, strokes)
+
+
+# -- the learning side: runs start by themselves; each test counts only the runs it caused ----------
+
+
+def test_training_starts_by_itself_and_publishes_a_model(learning_server, truth, tmp_path):
+    server = learning_server
+    wait_until_idle(server)
+    runs_before = len(train_tasks(server))
+    for seed in (1, 2, 3):  # three requests in a row, as an annotator sends them
+        foreground, background = liver_strokes(truth, seed=seed)
+        segments = {"background_scribbles": background, "foreground_scribbles": foreground}
+        scribbles_request(server, tmp_path, segments, "liver")
     deadline = time.monotonic() + 60
-    while not train_tasks(server):
+    while len(train_tasks(server)) == runs_before:
         assert time.monotonic() < deadline, "no training run started after scribbles were stored"
         time.sleep(0.5)
     wait_until_idle(server)
-    assert all(t["status"] == "DONE" for t in train_tasks(server))
-    assert len(train_tasks(server)) <= 2, "three requests in a row: one run, at most one more"
+    runs = train_tasks(server)
+    assert all(t["status"] == "DONE" for t in runs)
+    assert 1 <= len(runs) - runs_before <= 2, "three requests in a row: one run, at most one more"
     assert server.model_file.exists()
 
 
-def test_scribbles_use_the_model_once_published(server, truth, tmp_path):
+def test_scribbles_use_the_model_once_published(learning_server, truth, tmp_path):
+    server = learning_server
+    wait_until_idle(server)
+    if not server.model_file.exists():  # no run has published one yet: an untrained network will do
+        publish_untrained_model(server)
     foreground, background = liver_strokes(truth, seed=3)
     segments = {"background_scribbles": background, "foreground_scribbles": foreground}
     mask, _, result = scribbles_request(server, tmp_path, segments, "liver")
@@ -149,7 +216,8 @@ def test_scribbles_use_the_model_once_published(server, truth, tmp_path):
     wait_until_idle(server)
 
 
-def test_two_quick_saves_during_a_run_cause_exactly_one_more_run(server, truth, tmp_path):
+def test_two_quick_saves_during_a_run_cause_exactly_one_more_run(learning_server, truth, tmp_path):
+    server = learning_server
     wait_until_idle(server)
     before_runs = len(train_tasks(server))
 
@@ -177,19 +245,3 @@ def test_two_quick_saves_during_a_run_cause_exactly_one_more_run(server, truth, 
     assert len(runs) == before_runs + 2
     assert all(run["status"] == "DONE" for run in runs)
     assert server.http.get("/info/").json()["train_stats"]["cmfnet"]["status"] == "done"
-
-
-def test_ohif_label_with_background_strokes_is_stored_as_scribbles(server, truth, tmp_path):
-    ct = nib.load(server.studies / "case_001.nii.gz")
-    strokes = np.zeros(ct.shape, np.uint8)
-    strokes[40:50, 40, 20] = DEMO_LABELS["liver"]
-    strokes[5:15, 5, 20] = BACKGROUND
-    path = tmp_path / "ohif.nii.gz"
-    nib.save(nib.Nifti1Image(strokes, ct.affine), path)
-    with path.open("rb") as f:
-        response = server.http.put("/datastore/label", params={"image": "case_001"}, files={"label": f})
-    assert response.status_code == 200, response.text
-    assert not (server.studies / "labels" / "final" / "case_001.nii.gz").exists()
-    stored = np.asarray(nib.load(server.studies / "labels" / "scribbles" / "case_001.nii.gz").dataobj)
-    np.testing.assert_array_equal(stored, strokes)
-    wait_until_idle(server)

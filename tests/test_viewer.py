@@ -12,7 +12,7 @@ from tests.orthanc import require
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
     require(DIST / "index.html", "the OHIF viewer (run `make viewer-deps`)")
-    studies = copy_of_demo(demo, tmp_path_factory, "viewer")
+    studies = copy_of_demo(demo, tmp_path_factory.mktemp("viewer"))
     with running_server(studies.parent, studies, conf={"auto_train": "false"}) as server:
         yield server
 

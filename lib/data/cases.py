@@ -13,9 +13,9 @@ import nibabel as nib
 import numpy as np
 
 from lib.data.phantoms import PhantomCase
+from lib.labels import SCRIBBLES_TAG
 
-COMPANION = "mr"
-SCRIBBLES_TAG = "scribbles"
+COMPANION = "mr"  # the companion modality of the generated cases (the server's default `--conf modalities ct,mr`)
 
 
 def write_case(

@@ -1,6 +1,6 @@
 """Make the demo datastore of paired CT/MR phantom cases (offline, seconds).
 
-Layout (DESIGN §4), for `--out demo_data`:
+Layout (docs/architecture.md, "Modalities and companions"), for `--out demo_data`:
 
     demo_data/studies/case_000.nii.gz                    CT, the datastore image (reference)
     demo_data/studies/mr/case_000.nii.gz                 its MR companion
@@ -16,15 +16,13 @@ import json
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
+from lib.data.cases import COMPANION, write_case
 from lib.data.phantoms import DEMO_LABELS, make_case
 from lib.data.scribbles import ScribbleSettings, annotated_fraction, simulate_scribbles
+from lib.labels import SCRIBBLES_TAG
 from lib.transforms.intensity import CT_AIR_HU
-
-COMPANION = "mr"
-SCRIBBLES_TAG = "scribbles"
 
 
 def case_id(index: int) -> str:
@@ -43,18 +41,13 @@ def write_demo(out: Path, cases: int, scribbled: int, final: int, seed: int) -> 
         folder.mkdir(parents=True, exist_ok=True)
     fractions = []
     for index in range(cases):
-        name = f"{case_id(index)}.nii.gz"
         case = make_case(seed + index)
-        nib.save(nib.Nifti1Image(np.round(case.ct).astype(np.int16), case.ct_affine), studies / name)
-        nib.save(nib.Nifti1Image(case.mr, case.mr_affine), studies / COMPANION / name)
-        nib.save(nib.Nifti1Image(case.truth, case.ct_affine), out / "truth" / name)
+        scribbles = None
         if index < scribbled:
             settings = ScribbleSettings(body_threshold=CT_AIR_HU)
             scribbles = simulate_scribbles(case.truth, len(DEMO_LABELS), seed + index, settings, image=case.ct)
-            nib.save(nib.Nifti1Image(scribbles, case.ct_affine), studies / "labels" / SCRIBBLES_TAG / name)
             fractions.append(annotated_fraction(scribbles))
-        if index < final:
-            nib.save(nib.Nifti1Image(case.truth, case.ct_affine), studies / "labels" / "final" / name)
+        write_case(studies, case_id(index), case, scribbles, truth_dir=out / "truth", final=index < final)
     return {
         "studies": str(studies),
         "cases": [case_id(i) for i in range(cases)],

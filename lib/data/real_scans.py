@@ -1,4 +1,4 @@
-"""A real abdominal CT paired with an MR simulated from its own labels (DESIGN §6, data (b)).
+"""A real abdominal CT paired with an MR simulated from its own labels (the benchmarks' `real` data).
 
 No public CT + MR pair of one patient with labels fits here (../shared/data/README.md), so the
 second modality is simulated, and every choice below is ours:

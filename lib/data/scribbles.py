@@ -1,4 +1,4 @@
-"""Scribbles simulated from dense labels, WORD-style (DESIGN §6).
+"""Scribbles simulated from dense labels, WORD-style (as the WORD data set ships its own).
 
 Per axial slice and per class: erode the class mask, skeletonize it, and keep a part of
 the skeleton (the skeleton pixels within a radius of a random skeleton pixel), on a chosen

@@ -1,4 +1,4 @@
-"""MONAI Label's DICOMweb datastore, with each reference series' companion series (DESIGN §4).
+"""MONAI Label's DICOMweb datastore, with each reference series' companion series.
 
 Images are the series that MONAI_LABEL_DICOMWEB_SEARCH_FILTER lists (default
 `{"Modality": "CT"}`); the image id is the SeriesInstanceUID. MONAI Label downloads a

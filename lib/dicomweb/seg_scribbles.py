@@ -2,7 +2,7 @@
 
 **Convention.** A SEG series is scribbles when its SeriesDescription contains "scribble" (any
 case; in OHIF: *Export -> DICOM SEG*, report name `scribbles`). Its segments are named after the
-classes of the label map, and map to stored stroke values (DESIGN §4):
+classes of the label map, and map to stored stroke values (docs/architecture.md, "Labels and strokes"):
 
 | segment label (any case) | stored as |
 | --- | --- |

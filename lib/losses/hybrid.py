@@ -13,7 +13,7 @@ from lib.labels import IGNORE
 from lib.losses.consistency import feature_alignment, prediction_consistency
 from lib.losses.local_affinity import local_affinity_loss
 from lib.losses.partial_ce import dense_loss, partial_cross_entropy
-from lib.losses.pseudo import weighted_cross_entropy
+from lib.losses.pseudo import weighted_dice_ce
 from lib.losses.rampup import sigmoid_rampup
 from lib.networks.cmfnet import CmFNetOutput
 
@@ -25,13 +25,13 @@ class HybridLoss:
     """Hybrid supervision of a :class:`~lib.networks.cmfnet.CmFNet` (our definition of the paper's).
 
         total = pce    * (pCE(fused) + sum_m pCE(m))                         samples with strokes
-              + pseudo * (wCE(fused) + sum_m wCE(m))                         samples with strokes
+              + pseudo * (wDiceCE(fused) + sum_m wDiceCE(m))                 samples with strokes
               + dense  * (DiceCE(fused) + sum_m DiceCE(m))                   samples with a dense label
               + r(step) * (affinity * sum_m A_m + consistency * KL + alignment * F)
 
     - pCE: :func:`partial_cross_entropy` over the stroke voxels; per modality only where that
       modality is present and has data.
-    - wCE: :func:`weighted_cross_entropy` towards the propagated pseudo labels, each voxel weighted
+    - wDiceCE: :func:`weighted_dice_ce` towards the propagated pseudo labels, each voxel weighted
       by the propagation's confidence (lib.scribbles.propagation).
     - DiceCE: :func:`dense_loss` on densely labelled samples; a dense sample is in neither pCE nor wCE.
     - A_m: :func:`local_affinity_loss` of modality m's own prediction on its own image, at the
@@ -100,9 +100,9 @@ class HybridLoss:
 
         if w.pseudo > 0 and pseudo is not None and confidence is not None:
             weight = torch.where(scribbled, confidence, 0.0)
-            term = weighted_cross_entropy(output.fused, pseudo, weight)
+            term = weighted_dice_ce(output.fused, pseudo, weight)
             for logits, ok in zip(per_modality, usable, strict=True):
-                term = term + weighted_cross_entropy(logits, pseudo, torch.where(ok, weight, 0.0))
+                term = term + weighted_dice_ce(logits, pseudo, torch.where(ok, weight, 0.0))
             terms["pseudo"] = term
             total = total + w.pseudo * term
 

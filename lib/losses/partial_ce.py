@@ -7,7 +7,7 @@ from monai.losses import DiceLoss
 from monai.networks import one_hot
 from torch import Tensor
 
-_DICE = DiceLoss()
+SOFT_DICE = DiceLoss()  # on probabilities and one-hot targets, per sample and class
 
 
 def partial_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -1) -> Tensor:
@@ -39,4 +39,4 @@ def dense_loss(logits: Tensor, target: Tensor, ignore_index: int = -1) -> Tensor
     ce = F.cross_entropy(logits, target[:, 0].long(), ignore_index=ignore_index)
     probabilities = logits.softmax(dim=1) * labelled
     onehot = one_hot(target.clamp(min=0), num_classes=logits.shape[1]) * labelled
-    return ce + _DICE(probabilities, onehot)
+    return ce + SOFT_DICE(probabilities, onehot)

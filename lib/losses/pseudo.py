@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from monai.networks import one_hot
 from torch import Tensor
+
+from lib.losses.partial_ce import SOFT_DICE
 
 
 def weighted_cross_entropy(logits: Tensor, pseudo: Tensor, weight: Tensor) -> Tensor:
@@ -16,3 +19,20 @@ def weighted_cross_entropy(logits: Tensor, pseudo: Tensor, weight: Tensor) -> Te
     """
     ce = F.cross_entropy(logits, pseudo[:, 0].long().clamp(min=0), reduction="none")
     return (ce * weight[:, 0]).sum() / weight.sum().clamp(min=1e-6)
+
+
+def weighted_dice_ce(logits: Tensor, pseudo: Tensor, weight: Tensor) -> Tensor:
+    """:func:`weighted_cross_entropy` plus a soft Dice in which each voxel counts by its weight.
+
+    The Dice term (MONAI's DiceLoss on weighted probabilities and weighted one-hot targets) gives a
+    small organ as much say as a large one: with cross-entropy alone the small ones were learned last.
+    Samples without any weight are left out of the Dice (not counted as perfect).
+    """
+    ce = weighted_cross_entropy(logits, pseudo, weight)
+    chosen = weight.flatten(1).sum(dim=1) > 0
+    if not chosen.any():
+        return ce
+    logits, pseudo, weight = logits[chosen], pseudo[chosen], weight[chosen]
+    probabilities = logits.softmax(dim=1) * weight
+    onehot = one_hot(pseudo.long().clamp(min=0), num_classes=logits.shape[1]) * weight
+    return ce + SOFT_DICE(probabilities, onehot)

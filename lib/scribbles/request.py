@@ -1,6 +1,6 @@
 """Turn a scribbles infer request into stored strokes.
 
-Slicer sends the strokes only inside the scribbles infer request (DESIGN §3); no client
+Slicer sends the strokes only inside the scribbles infer request (MONAI Label 0.8.5); no client
 stores them. For a datastore case they are merged into the stored `scribbles` label, and
 the segmentation uses everything stored for the case; for an uploaded file (no datastore
 case) only the request's own strokes are used.

@@ -1,4 +1,4 @@
-"""Strokes from a 3D Slicer scribbles request (DESIGN §3, §4).
+"""Strokes from a 3D Slicer scribbles request (docs/architecture.md, "Labels and strokes").
 
 Slicer's MONAI Label module sends every segment of its segmentation as one labelmap on
 the reference grid, with `label_info` = [{"name": segment, "id": value}, ...] and

@@ -1,7 +1,7 @@
 """Bearer token (JWT) verification, in place of MONAI Label 0.8.5's.
 
 MONAI Label's `from_token` calls `jwt.decode` without `algorithms`, which PyJWT 2 refuses, so
-it rejects every token (DESIGN §3). This keeps its contract (settings, Keycloak-style realm,
+it rejects every valid token. This keeps its contract (settings, Keycloak-style realm,
 roles claim) and checks:
 
 - keys: the RSA `public_key` of the Keycloak-style realm at `MONAI_LABEL_AUTH_REALM_URI`, or,

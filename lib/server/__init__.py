@@ -10,8 +10,8 @@ again.
   with credentials unless told otherwise; here none means same-origin only), then the
   request guard (lib.server.guard): names, and with `MONAI_LABEL_AUTH_ENABLE` tokens and roles.
 - With authentication on, MONAI Label's `get_current_user` (whose token check rejects every
-  token, DESIGN §3) is overridden by the user the guard verified, so MONAI Label's own role
-  checks see our verified roles.
+  valid token under PyJWT 2; see lib.security.tokens) is overridden by the user the guard
+  verified, so MONAI Label's own role checks see our verified roles.
 - Routes: lib.server.routes, with model work on the app's worker pool (lib.workers).
 - MONAI Label's own errors (`MONAILabelException`, which it raises and leaves to become a bare
   500) answer with their message: 404 for an image or label not found, 422 for invalid input.

@@ -84,5 +84,5 @@ def test_learning_rate_decays_with_progress(tmp_path):
     rates = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: rates.append(e.optimizer.param_groups[0]["lr"]))
     run(trainer, evaluator, budget(trainer, evaluator, [], tmp_path, max_steps=4))
-    assert rates[0] == pytest.approx(0.01)
+    assert rates[0] == pytest.approx(0.01, rel=1e-3)  # the clock moved a little: progress is not exactly 0
     assert rates == sorted(rates, reverse=True) and rates[-1] < 0.01 * (1 - 3 / 4) ** 0.9 + 1e-9

@@ -10,7 +10,7 @@ from lib.losses.consistency import feature_alignment, prediction_consistency
 from lib.losses.hybrid import HybridLoss
 from lib.losses.local_affinity import local_affinity_loss
 from lib.losses.partial_ce import dense_loss, partial_cross_entropy
-from lib.losses.pseudo import weighted_cross_entropy
+from lib.losses.pseudo import weighted_cross_entropy, weighted_dice_ce
 from lib.losses.rampup import sigmoid_rampup
 from lib.networks.cmfnet import CmFNet
 from lib.settings import LossWeights
@@ -234,6 +234,24 @@ def test_weighted_cross_entropy_hand_value_and_zero_gradient_without_weight():
     assert weighted_cross_entropy(logits, pseudo, torch.zeros_like(weight)).item() == 0.0
 
 
+def test_weighted_dice_ce_ignores_unweighted_voxels_and_samples():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 2, 2, 2, requires_grad=True)
+    pseudo = torch.randint(0, 3, (2, 1, 2, 2, 2))
+    weight = torch.rand(2, 1, 2, 2, 2)
+    weight[0, 0, 0] = 0.0  # half of the first sample has no pseudo label
+    weight[1] = 0.0  # the second sample has none at all
+    loss = weighted_dice_ce(logits, pseudo, weight)
+    first = logits[:1].softmax(1) * weight[:1]
+    onehot = F.one_hot(pseudo[:1, 0], 3).permute(0, 4, 1, 2, 3) * weight[:1]
+    dice = 1 - (2 * (first * onehot).sum((2, 3, 4)) + 1e-5) / (first.sum((2, 3, 4)) + onehot.sum((2, 3, 4)) + 1e-5)
+    expected = weighted_cross_entropy(logits, pseudo, weight) + dice.mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() > weighted_cross_entropy(logits, pseudo, weight).item()  # the Dice part is there
+    loss.backward()
+    assert torch.all(logits.grad[0, :, 0] == 0) and torch.all(logits.grad[1] == 0)
+
+
 # ---------------------------------------------------------------- hybrid loss
 
 OFF = {"affinity": 0, "consistency": 0, "alignment": 0}
@@ -261,7 +279,7 @@ def test_hybrid_loss_is_finite_and_backpropagates():
     images[1, 1, :, :, 5:] = float("nan")  # the second modality has no data there
     output = net.forward_all(images, torch.tensor([[True, True], [False, True]]))
     pseudo, confidence = target.clamp(min=0), torch.rand(2, 1, 8, 8, 8)
-    total, terms = HybridLoss(LossWeights())(
+    total, terms = HybridLoss(LossWeights(affinity=1.0, consistency=0.5, alignment=0.1))(
         output, images, target, torch.zeros(2, dtype=torch.bool), 10, (1.0, 1.0, 2.0), pseudo, confidence
     )
     assert torch.isfinite(total)
@@ -303,9 +321,9 @@ def test_pseudo_labels_count_only_for_scribbled_samples_and_where_the_modality_h
     second_weight[0, :, :4] = 0.0  # no MR data there
     first, second = _upsampled(output)
     expected = (
-        weighted_cross_entropy(output.fused, pseudo, weight)
-        + weighted_cross_entropy(first, pseudo, weight)
-        + weighted_cross_entropy(second, pseudo, second_weight)
+        weighted_dice_ce(output.fused, pseudo, weight)
+        + weighted_dice_ce(first, pseudo, weight)
+        + weighted_dice_ce(second, pseudo, second_weight)
     )
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert terms["pseudo"] == pytest.approx(expected.item(), rel=1e-5)

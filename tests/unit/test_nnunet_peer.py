@@ -79,15 +79,6 @@ def test_raw_dataset_files(tmp_path):
     assert written_labels[1, 1, 1] == 1 and written_labels[2, 2, 0] == 0 and written_labels[0, 0, 0] == K + 1
 
 
-def test_dice_on_unscribbled_voxels_only():
-    truth = np.array([1, 1, 1, 0, 2, 2])
-    prediction = np.array([1, 1, 0, 1, 2, 2])
-    strokes = np.array([1, 0, 0, 0, 2, 0])  # voxels 0 and 4 carry strokes and are not scored
-    dice = nnunet_peer.dice_on_unscribbled(prediction, truth, strokes, ["a", "b"])
-    assert dice["a"] == pytest.approx(2 * 1 / (2 + 2))  # predicted {1, 3}, true {1, 2}
-    assert dice["b"] == pytest.approx(1.0)
-
-
 def test_available_gives_a_reason_without_nnunetv2(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "nnunetv2", None)  # import nnunetv2 now fails, installed or not
     reason = nnunet_peer.available()

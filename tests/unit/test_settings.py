@@ -41,6 +41,12 @@ def test_bad_train_parameters_are_a_422_that_names_the_key(request_, message):
     assert message in error.value.detail
 
 
+def test_monai_label_keys_of_a_train_request_pass_through():
+    """MONAILabelClient (3D Slicer's) adds `client_id` to every train request; MONAI Label adds its own keys."""
+    request = {"client_id": None, "model": "cmfnet", "device": "cpu", "gpus": "all", "enqueue": True, "max_steps": 3}
+    assert TrainSettings.from_request(request).max_steps == 3
+
+
 def test_unknown_conf_keys_and_bad_modalities_are_refused():
     with pytest.raises(InvalidInput, match="unknown --conf key"):
         parse_conf({"auto_train_epochs": "3"})
