@@ -129,6 +129,25 @@ class Server:
         assert response.status_code == 200, response.text
         return self.wait_for_training(response.json()["id"], timeout)
 
+    def train_runs(self) -> list[dict]:
+        """Every training run so far, oldest first (`GET /train/?all=true`)."""
+        response = self.http.get("/train/", params={"all": True})
+        return response.json() if response.status_code == 200 else []
+
+    def wait_for_retraining(self, runs_before: int, settle: float, timeout: float) -> list[dict]:
+        """Wait, as a user watching the training status would, until new annotations have started a run (after
+        `runs_before` runs), every run has ended and none followed within `settle` s; the new runs."""
+        deadline, quiet_since = time.monotonic() + timeout, None
+        while True:
+            runs = self.train_runs()
+            idle = len(runs) > runs_before and not any(r["status"] in ("SUBMITTED", "RUNNING") for r in runs)
+            quiet_since = (quiet_since or time.monotonic()) if idle else None
+            if quiet_since is not None and time.monotonic() - quiet_since > settle:
+                return runs[runs_before:]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no retraining ended within {timeout:.0f} s: {runs[runs_before:]}")
+            time.sleep(1)
+
     def wait_for_training(self, task_id: str, timeout: float = 600) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -29,8 +29,9 @@ class ScribbleSettings:
     min_length: int = 0
 
 
-def _stroke(mask2d: np.ndarray, settings: ScribbleSettings, rng: np.random.Generator) -> np.ndarray:
-    """A partial skeleton of one 2D mask; small structures that erosion wipes out keep their own skeleton."""
+def stroke_in_slice(mask2d: np.ndarray, settings: ScribbleSettings, rng: np.random.Generator) -> np.ndarray:
+    """One stroke inside a 2D mask: a partial skeleton of it; small structures that erosion wipes out keep
+    their own skeleton. Every stroke pixel lies inside `mask2d`."""
     eroded = binary_erosion(mask2d, iterations=settings.erosion) if settings.erosion else mask2d
     skeleton = skeletonize(eroded if eroded.any() else mask2d)
     points = np.argwhere(skeleton)
@@ -98,7 +99,7 @@ def simulate_scribbles(
             continue
         count = max(1, round(settings.slice_fraction * len(slices)))
         for z in rng.choice(slices, size=count, replace=False):
-            stroke = _stroke(mask[z], settings, rng)
+            stroke = stroke_in_slice(mask[z], settings, rng)
             scribbles[z][stroke & (scribbles[z] == 0)] = value
     return np.moveaxis(scribbles, 0, axis)
 
