@@ -122,7 +122,7 @@ def merged(previous_file: Path, results: dict) -> dict:
     previous = json.loads(previous_file.read_text())
     ran = {(r["dataset"], r["method"]) for r in results["rows"]}
     kept = [r for r in previous["rows"] if (r["dataset"], r["method"]) not in ran]
-    commands = [*previous.get("commands", [previous["command"]]), results["command"]]
+    commands = list(dict.fromkeys([*previous.get("commands", [previous["command"]]), results["command"]]))
     return {
         **results,
         "commands": commands,
