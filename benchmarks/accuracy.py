@@ -49,6 +49,8 @@ def score(dataset: datasets.Dataset, predict) -> dict:
         if not scored.any():
             continue
         cases[case.case_id] = dice_per_class(predict(case), truth, scored, dataset.labels)
+    if not cases:
+        raise ValueError(f"{dataset.name}: no case has voxels to score")
     values = [v for per_class in cases.values() for v in per_class.values()]
     return {
         "cases": cases,
