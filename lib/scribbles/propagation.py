@@ -1,9 +1,8 @@
 """From strokes to regions: random-walker propagation of every class's strokes at once.
 
 Strokes alone teach a network where the strokes are, not where the organs end; a propagation
-that follows the images carries each stroke out to the edges the images show (measured here
-before this module existed: liver Dice 0.20-0.48 for a network trained on strokes alone, 0.85 for
-the random walker from the same strokes). It is used twice:
+that follows the images carries each stroke out to the edges the images show (the `pce` and
+`random_walker` methods of benchmarks.accuracy compare the two on the same strokes). It is used twice:
 
 - as pseudo labels for training (lib.training), weighted by how sure the walker is;
 - as the immediate answer of the scribbles task (lib.infers.scribbles).
@@ -37,8 +36,9 @@ logger = logging.getLogger(__name__)
 # benchmark (benchmarks/accuracy.py): 3000 gave the best mean Dice of 130, 400, 1000, 3000, 10000.
 BETA = 3000.0
 TOLERANCE = 1e-2  # conjugate-gradient tolerance: 1e-2 gives the same labels as 1e-3 in a third of the time
-# multigrid-preconditioned conjugate gradient (pyamg): Jacobi took minutes where strokes are few and far apart
-SOLVER = "cg_mg"
+# conjugate gradient with pyamg's multigrid preconditioner first (Jacobi took minutes where strokes are
+# few and far apart), then with Jacobi's (multigrid's set-up breaks down on some scans: NaN)
+SOLVERS = ("cg_mg", "cg_j")
 CT_AIR = hu_to_normalized(CT_AIR_HU)
 
 
@@ -68,22 +68,36 @@ def propagate(
         return probabilities
     data = np.moveaxis(_fill_missing(image), 0, -1)
     relative_spacing = np.asarray(spacing, float) / min(spacing)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence notes at this tolerance are expected
-        solved = random_walker(
-            data,
-            seeds,
-            beta=beta,
-            mode=SOLVER,
-            tol=TOLERANCE,
-            channel_axis=-1,
-            spacing=relative_spacing,
-            return_full_prob=True,
-        )
+    solved = _solve(data, seeds, beta, relative_spacing)
     for index, label in enumerate(labels):
         probabilities[0 if label == num_classes + 1 else label] = solved[index]
     probabilities = probabilities.clip(min=0.0)  # the solver's tolerance leaves small errors
     return probabilities / probabilities.sum(axis=0, keepdims=True).clip(min=1e-6)
+
+
+def _solve(data: np.ndarray, seeds: np.ndarray, beta: float, spacing: np.ndarray) -> np.ndarray:
+    """scikit-image's random walker, with the first of SOLVERS that gives finite probabilities."""
+    for mode in SOLVERS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # convergence notes at this tolerance are expected
+                solved = random_walker(
+                    data,
+                    seeds,
+                    beta=beta,
+                    mode=mode,
+                    tol=TOLERANCE,
+                    channel_axis=-1,
+                    spacing=spacing,
+                    return_full_prob=True,
+                )
+        except ValueError as error:  # "array must not contain infs or NaNs"
+            logger.info(f"random walker: solver {mode} failed ({error}), trying the next")
+            continue
+        if np.isfinite(solved).all():
+            return solved
+        logger.info(f"random walker: solver {mode} gave non-finite values, trying the next")
+    raise ValueError(f"the random walker found no finite solution with {SOLVERS}")
 
 
 def stroke_probabilities(image, strokes: np.ndarray, num_classes: int, reference_modality: str) -> torch.Tensor:
