@@ -202,11 +202,20 @@ class CmfnetDatastore(ScribbleStore, LocalDatastore):
         for modality in self.companions:
             self._remove_companion(reference, modality)
         super().remove_image(image_id)
+        self._forget_removed_files()
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         if not super().get_label_uri(label_id, label_tag):
             raise NotFound(f"no label '{label_tag}' for '{label_id}' in the datastore")
         super().remove_label(label_id, label_tag)
+        self._forget_removed_files()
+
+    def _forget_removed_files(self) -> None:
+        """With auto-reload, MONAI Label leaves deleted files to its file watcher, which may run after
+        the next request (a case deleted and uploaded again was then taken for a replacement of a
+        file that no longer exists): reconcile with the disk now."""
+        if self._auto_reload:
+            self.refresh()
 
     def _replace_image(self, image_id: str, image_filename: str, image_info: dict, upload, drop_labels: bool) -> str:
         """A new image for an existing case; its labels must fit the new grid unless dropped on request."""

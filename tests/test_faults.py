@@ -240,9 +240,20 @@ def test_deleting_a_case_deletes_its_mr_and_labels(server, tmp_path):
     assert not [path for path in server.studies.rglob("doomed*")]
 
     shutil.copy(server.studies / "case_002.nii.gz", tmp_path / "doomed.nii.gz")
-    assert put_image(server, "doomed", tmp_path / "doomed.nii.gz").status_code == 200
+    response = put_image(server, "doomed", tmp_path / "doomed.nii.gz")
+    assert response.status_code == 200, response.text
     result = server.http.post("/infer/cmfnet?image=doomed&output=json").json()
     assert result["modalities_missing"] == ["mr"], "a new case with the same id has no MR of the old one"
+
+    # at once, not when MONAI Label's file watcher gets to it (which may be after the next request)
+    studies = tmp_path / "studies"
+    shutil.copytree(server.studies, studies, ignore=shutil.ignore_patterns(".lock", "datastore_v2.json"))
+    datastore = CmfnetDatastore(str(studies), labels=LabelSet(DEMO_LABELS), companions=["mr"], auto_reload=True)
+    try:
+        datastore.remove_image(SCRIBBLED)
+        assert SCRIBBLED not in datastore.list_images() and not datastore.get_labels_by_image_id(SCRIBBLED)
+    finally:
+        datastore._observer.stop()  # its file watcher (MONAI Label has no public way to stop it)
 
 
 # -- every bad request is a 4xx with a message ----------------------------------------------------
