@@ -43,19 +43,11 @@ from lib.settings import TrainSettings
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
+GPU_TESTS = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py", "tests/unit/test_precision.py"]
 # what each step runs, per mode; `{work}` is the working folder, `{studies}` the training datastore
 COMMANDS = {
     "gpu": {
-        "tests": [
-            PY,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/test_gpu.py",
-            "tests/unit/test_precision.py",
-        ],
+        "tests": GPU_TESTS,
         "speed": [
             PY,
             "-m",
@@ -72,16 +64,7 @@ COMMANDS = {
         "train": ["--conf", "max_minutes", "1.5"],  # the default settings, bounded in time
     },
     "dry": {
-        "tests": [
-            PY,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/test_gpu.py",
-            "tests/unit/test_precision.py",
-        ],
+        "tests": GPU_TESTS,
         "speed": [
             PY,
             "-m",

@@ -4,7 +4,8 @@ scored through the product's own infer task; only the request differs.
 
 | key | what |
 | --- | --- |
-| `cmfnet` | the default run: CmFNet, random-walker pseudo labels, the full hybrid loss |
+| `cmfnet` | the default run: CmFNet, random-walker pseudo labels, the default loss (no regularizers) |
+| `regularized` | the same with the paper's regularizers on (affinity, consistency, alignment) |
 | `no_propagation` | the same, from the strokes alone (no pseudo labels) |
 | `pce` | the same network with partial cross-entropy on the strokes only |
 | `early_fusion` | one MONAI UNet with CT and MR as channels, the same recipe (`network: unet`) |
@@ -48,6 +49,10 @@ TRAINED: dict[str, tuple[str, dict]] = {
     "cmfnet": ("CmFNet (default run)", {}),
     "no_propagation": ("CmFNet, strokes only (no pseudo labels)", {"propagation": "none"}),
     "pce": ("CmFNet, partial CE only", {"propagation": "none", "loss": OFF}),
+    "regularized": (
+        "CmFNet with the paper's regularizers",
+        {"loss": {"affinity": 1.0, "consistency": 0.5, "alignment": 0.1}},
+    ),
     "early_fusion": ("Early fusion (MONAI UNet, same recipe)", {"network": "unet"}),
     "dense": ("CmFNet on dense labels (upper bound)", {}),
 }

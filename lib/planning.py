@@ -11,7 +11,7 @@ scribble server needs, and deterministic for given spacings and sizes:
    until it fits the patch budget, and rounded to what the network can divide.
 3. **Network**: nnU-Net's rule for strides: an axis is halved at a level only while its spacing
    at that level is at most twice the finest one and the patch keeps at least 8 voxels along it,
-   so anisotropic scans keep their few slices. At most `max_levels` downsamplings.
+   so anisotropic scans keep their few slices. One downsampling fewer than the preset has widths.
 
 The plan is stored inside the model file (and as JSON beside it), so inference always uses the
 plan its weights were trained with.
@@ -128,11 +128,11 @@ def make_plan(
     return plan
 
 
-def _strides(spacing: np.ndarray, patch: np.ndarray, max_levels: int) -> list[tuple[int, int, int]]:
+def _strides(spacing: np.ndarray, patch: np.ndarray, max_downsamplings: int) -> list[tuple[int, int, int]]:
     """Strides per downsampling, by nnU-Net's rule (see the module docstring)."""
     strides = []
     current_spacing, current_size = spacing.astype(float).copy(), patch.astype(float).copy()
-    for _ in range(max_levels):
+    for _ in range(max_downsamplings):
         halve = (current_spacing <= 2 * current_spacing.min()) & (current_size / 2 >= MIN_BOTTLENECK)
         if not halve.any():
             break

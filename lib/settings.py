@@ -51,9 +51,9 @@ class _Settings(BaseModel):
 class LossWeights(_Settings):
     """Weights of the hybrid loss terms (lib.losses.hybrid); 0 switches a term off.
 
-    The regularizers are off by default: on the real abdominal CT they lowered the Dice reached in
-    the same number of steps (150 steps: 0.37 with affinity 1, consistency 0.5, alignment 0.1
-    against 0.63 without) and cost a fifth more per step.
+    The regularizers are off by default: on the real abdominal CT they lowered the Dice reached
+    within the same budget and made each step dearer (the `cmfnet` and `regularized` methods of
+    benchmarks.accuracy).
     """
 
     pce: float = Field(1.0, ge=0, le=100, description="partial cross-entropy on the strokes")

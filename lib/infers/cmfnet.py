@@ -112,10 +112,10 @@ class CmFNetSegmentation(BasicInferTask):
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         """`pred`: class probabilities (K+1, ...) on the working grid, with the case's strokes when it has any."""
         data["pred"] = self.model_probabilities(data, device)
-        if self.strokes(data) is not None:
-            data["pred"] = data["pred"] * stroke_probabilities(
-                data["image"], self.strokes(data), len(self.labels), self.modalities[0]
-            )
+        strokes = self.strokes(data)
+        if strokes is not None:
+            propagated = stroke_probabilities(data["image"], strokes, len(self.labels), self.modalities[0])
+            data["pred"] = data["pred"] * propagated
         return data
 
     def model_probabilities(self, data: dict, device) -> torch.Tensor:
@@ -139,8 +139,9 @@ class CmFNetSegmentation(BasicInferTask):
 
     def _restore(self, data: dict) -> dict:
         labels = restore_labels(data["pred"], data["reference_shape"])
-        if self.strokes(data) is not None:
-            labels = keep_strokes(labels, self.strokes(data), len(self.labels))
+        strokes = self.strokes(data)
+        if strokes is not None:
+            labels = keep_strokes(labels, strokes, len(self.labels))
         data["pred"] = MetaTensor(torch.from_numpy(labels), affine=data["reference_affine"])
         return data
 
