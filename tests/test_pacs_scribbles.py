@@ -46,6 +46,12 @@ def scribbles_file(server, ct_uid: str) -> Path:
     return server.cache / "labels" / "scribbles" / f"{ct_uid}.nii.gz"
 
 
+def stored_scribbles(server, ct_uid: str, shape) -> np.ndarray:
+    """The case's stored strokes; none (zeros) before any test of this module stored some."""
+    path = scribbles_file(server, ct_uid)
+    return np.asarray(nib.load(path).dataobj) if path.exists() else np.zeros(shape, np.uint8)
+
+
 def pacs_record(server, instance: str) -> dict | None:
     return next((r for r in server.http.get("/info/").json()["pacs"]["recent"] if r["instance"] == instance), None)
 
@@ -71,12 +77,14 @@ def test_scribble_seg_is_imported_at_its_voxels_retrained_on_and_a_result_seg_co
         ct_series(Path(case["folder"]) / "CT"), painted, {1: "liver", 2: "Spleen", 3: "background"}, "scribbles"
     )
     model_before = server.model_file.stat().st_mtime
+    before = stored_scribbles(server, case["CT"], strokes.shape)
     DICOMwebClient(orthanc.dicomweb).store_instances([seg])
 
     record = wait_for(lambda: pacs_record(server, seg.SOPInstanceUID), 60, "the SEG imported")
     assert record["status"] == "imported" and record["image"] == case["CT"], record
-    stored = np.asarray(nib.load(scribbles_file(server, case["CT"])).dataobj)
-    np.testing.assert_array_equal(stored, strokes)  # class ids, K+1 for background, at the painted voxels
+    stored = stored_scribbles(server, case["CT"], strokes.shape)
+    # class ids, K+1 for background, at the painted voxels; merged over strokes stored before
+    np.testing.assert_array_equal(stored, np.where(strokes > 0, strokes, before))
 
     wait_for(lambda: server.model_file.stat().st_mtime > model_before, 600, "a retrained model published")
     wait_for(lambda: server.http.get("/train/?check_if_running=true").status_code == 404, 600, "the run finished")
