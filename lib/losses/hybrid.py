@@ -39,8 +39,10 @@ class HybridLoss:
     - KL: :func:`prediction_consistency` at the per-modality resolution; F: :func:`feature_alignment`.
     - r: :func:`sigmoid_rampup` over ``weights.rampup_steps``.
 
-    Per-modality logits come at the network's first-level resolution: they are upsampled (trilinear)
-    for the supervised terms, and the fused logits and images are box-filtered down for the others.
+    Per-modality logits come at the network's first-level resolution and every term of theirs is
+    computed there (as nnU-Net supervises its low-resolution outputs): labels go down by
+    :func:`downsample_labels`, pseudo-label weights, images and the fused logits are box-filtered.
+    Upsampling them to the patch instead cost about a sixth of a training step.
     """
 
     def __init__(
@@ -86,23 +88,34 @@ class HybridLoss:
         terms: dict[str, Tensor] = {}
         total = output.fused.new_zeros(())
         size = target.shape[2:]
-        per_modality = [F.interpolate(logits, size=size, mode="trilinear") for logits in output.per_modality]
-        usable = [present[:, m, None, None, None, None] & has_data[:, m : m + 1] for m in range(len(per_modality))]
+        per_modality = output.per_modality
+        num_classes = output.fused.shape[1]
         scribbled = ~dense[:, None, None, None, None]
+        if per_modality:
+            low = per_modality[0].shape[2:]
+            # a low-resolution voxel has data when all the voxels it covers do
+            low_valid = F.interpolate(has_data.float(), size=low, mode="area") > 0.999
+            usable = [present[:, m, None, None, None, None] & low_valid[:, m : m + 1] for m in range(len(per_modality))]
+            low_target = downsample_labels(target, low, num_classes)
 
         if w.pce > 0:
             strokes = torch.where(scribbled, target, IGNORE)
             pce = partial_cross_entropy(output.fused, strokes, IGNORE)
-            for logits, ok in zip(per_modality, usable, strict=True):
-                pce = pce + partial_cross_entropy(logits, torch.where(ok, strokes, IGNORE), IGNORE)
+            if per_modality:
+                low_strokes = torch.where(scribbled, low_target, IGNORE)
+                for logits, ok in zip(per_modality, usable, strict=True):
+                    pce = pce + partial_cross_entropy(logits, torch.where(ok, low_strokes, IGNORE), IGNORE)
             terms["pce"] = pce
             total = total + w.pce * pce
 
         if w.pseudo > 0 and pseudo is not None and confidence is not None:
             weight = torch.where(scribbled, confidence, 0.0)
             term = weighted_dice_ce(output.fused, pseudo, weight)
-            for logits, ok in zip(per_modality, usable, strict=True):
-                term = term + weighted_dice_ce(logits, pseudo, torch.where(ok, weight, 0.0))
+            if per_modality:
+                low_pseudo = downsample_labels(torch.where(weight > 0, pseudo, IGNORE), low, num_classes)
+                low_weight = torch.where(low_pseudo != IGNORE, F.interpolate(weight, size=low, mode="area"), 0.0)
+                for logits, ok in zip(per_modality, usable, strict=True):
+                    term = term + weighted_dice_ce(logits, low_pseudo, torch.where(ok, low_weight, 0.0))
             terms["pseudo"] = term
             total = total + w.pseudo * term
 
@@ -111,18 +124,15 @@ class HybridLoss:
             for logits, ok in zip(per_modality, usable, strict=True):
                 chosen = dense & ok.flatten(1).any(dim=1)
                 if chosen.any():
-                    term = term + dense_loss(logits[chosen], torch.where(ok, target, IGNORE)[chosen])
+                    term = term + dense_loss(logits[chosen], torch.where(ok, low_target, IGNORE)[chosen])
             terms["dense"] = term
             total = total + w.dense * term
 
         regularized = w.affinity > 0 or w.consistency > 0
-        if output.per_modality and regularized:
-            low = output.per_modality[0].shape[2:]
+        if per_modality and regularized:
             factor = [s / n for s, n in zip(size, low, strict=True)]
             low_spacing = [s * f for s, f in zip(spacing, factor, strict=True)]
             low_images = F.interpolate(images, size=low, mode="area")
-            # a low-resolution voxel has data when all the voxels it covers do
-            low_valid = F.interpolate(has_data.float(), size=low, mode="area") > 0.999
 
         if w.affinity > 0 and output.per_modality:
             affinity = total.new_zeros(())
@@ -150,3 +160,15 @@ class HybridLoss:
 
         values = {name: float(value.detach()) for name, value in terms.items()}
         return total, {**values, "rampup": ramp, "total": float(total.detach())}
+
+
+def downsample_labels(labels: Tensor, size: Sequence[int], num_classes: int) -> Tensor:
+    """Class ids (B, 1, ...) with IGNORE where unlabelled, on a grid of ``size`` whose voxels cover whole
+    blocks of the input: a block's class when it holds voxels of exactly one class, IGNORE otherwise.
+
+    Written here because nearest-neighbour subsampling, the usual way to shrink a label map, drops
+    one-voxel strokes on every other slice, and the mode of a block counts unlabelled voxels.
+    """
+    onehot = torch.stack([labels[:, 0] == c for c in range(num_classes)], dim=1).float()
+    found = F.adaptive_max_pool3d(onehot, tuple(size)) > 0  # (B, C, *size)
+    return torch.where(found.sum(dim=1, keepdim=True) == 1, found.float().argmax(dim=1, keepdim=True), IGNORE)

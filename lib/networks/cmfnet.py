@@ -14,9 +14,10 @@ Building blocks: each encoder and the fused decoder are MONAI's UNet (``num_res_
 two, so CmFNet with one modality is exactly that UNet's topology. An earlier build from DynUNet
 blocks with a half-resolution head learned several times more slowly from the same data than a
 plain MONAI UNet (the `early_fusion` method of benchmarks.accuracy). The per-modality decoders
-stop at the first level (half size): their predictions are all the regularizers need, and no
-full-resolution convolution runs per modality. Strides per level may differ per axis (see
-lib.planning), so anisotropic scans keep their few slices.
+stop on the grid of encoder level 1 (:data:`BRANCH_LEVEL`, a quarter of the input's size): their predictions are deep
+supervision of each encoder and what the regularizers need, and no high-resolution convolution
+runs per modality. Strides per level may differ per axis (see lib.planning), so anisotropic scans
+keep their few slices.
 
 Normalization is instance norm with affine parameters (a per-sample norm, so one sample's absent
 modality never leaks into another's prediction).
@@ -34,13 +35,16 @@ from torch import Tensor, nn
 
 SPATIAL_DIMS = 3
 INSTANCE_NORM = ("instance", {"affine": True})
+# the per-modality decoders stop on the grid of this encoder level (1: a quarter of the input's size
+# with strides of 2): going up to level 0 as well cost a fifth of a training step (benchmarks.speed)
+BRANCH_LEVEL = 1
 
 
 class CmFNetOutput(NamedTuple):
     """Everything the hybrid loss needs from one forward pass."""
 
     fused: Tensor  # (B, num_classes, D, H, W) logits on the input grid
-    per_modality: list[Tensor]  # M tensors (B, num_classes, D', H', W') of logits at the first level's grid
+    per_modality: list[Tensor]  # M tensors (B, num_classes, D', H', W'): logits on level BRANCH_LEVEL's grid
     features: list[Tensor]  # M bottleneck features (B, channels[-1], ...)
     present: Tensor  # (B, M) bool: the mask the fusion used
 
@@ -84,7 +88,8 @@ class _Decoder(nn.Module):
     """MONAI UNet's decoder: from the bottom up, concatenate the level's features, then upsample.
 
     With ``out_channels`` it ends on the input grid with plain convolution outputs (logits), as
-    UNet's top layer does; without, it stops at level 0 with ``channels[0]`` features.
+    UNet's top layer does; without, it stops on the grid of level :data:`BRANCH_LEVEL` (or the
+    bottom's, in a shallower network) with that level's features.
     """
 
     def __init__(
@@ -92,9 +97,9 @@ class _Decoder(nn.Module):
     ) -> None:
         super().__init__()
         last = len(channels) - 2
-        top = 0 if out_channels is not None else 1
+        top = 0 if out_channels is not None else min(BRANCH_LEVEL + 1, last + 1)
         # what forward returns: the bottom's own features when there is no level to go up to
-        self.out_channels = out_channels or (channels[0] if last >= 1 else channels[-1])
+        self.out_channels = out_channels or (channels[top - 1] if top <= last else channels[-1])
         self.ups = nn.ModuleList(
             _up(
                 channels[s] + (channels[-1] if s == last else channels[s]),
@@ -200,8 +205,6 @@ class CmFNet(nn.Module):
         self.encoders = nn.ModuleList(_Encoder(channels, strides, norm) for _ in range(num_modalities))
         self.fusions = nn.ModuleList(ModalityFusion(num_modalities, c, fusion_reduction) for c in channels)
         self.fused_decoder = _Decoder(channels, strides, norm, out_channels=num_classes)
-        # per-modality predictions stop at level 0 (half size): enough for the regularizers, and no
-        # full-resolution convolutions per modality
         self.decoders = nn.ModuleList(_Decoder(channels, strides, norm) for _ in range(num_modalities))
         self.heads = nn.ModuleList(nn.Conv3d(d.out_channels, num_classes, kernel_size=1) for d in self.decoders)
 

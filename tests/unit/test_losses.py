@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.losses.consistency import feature_alignment, prediction_consistency
-from lib.losses.hybrid import HybridLoss
+from lib.losses.hybrid import HybridLoss, downsample_labels
 from lib.losses.local_affinity import local_affinity_loss
 from lib.losses.partial_ce import dense_loss, partial_cross_entropy
 from lib.losses.pseudo import weighted_cross_entropy, weighted_dice_ce
@@ -270,8 +270,31 @@ def _batch(num_modalities: int = 2):
     return net, images, target
 
 
-def _upsampled(output, size=(8, 8, 8)):
-    return [F.interpolate(logits, size=size, mode="trilinear") for logits in output.per_modality]
+def _low_target():
+    """_batch's strokes at the per-modality outputs' 4x4x4 grid, worked out by hand: each 2x2x2 block
+    takes the one class its strokes hold."""
+    low = torch.full((2, 1, 4, 4, 4), -1)
+    low[0, 0, 0:2, 1, 1] = 1
+    low[0, 0, 2, 2, 0:3] = 0
+    low[1, 0, 1, 0:2, 3] = 2
+    low[1, 0, 3, 3, 3] = 0
+    return low
+
+
+def _blocks(small):
+    """A label or weight map on the 8x8x8 grid that is constant on each 2x2x2 block."""
+    return small.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
+
+
+def test_downsampled_labels_keep_thin_strokes_and_drop_mixed_blocks():
+    labels = torch.full((1, 1, 4, 4, 2), -1)
+    labels[0, 0, 1, 0:4, 1] = 2  # a one-voxel stroke on an odd slice: nearest subsampling loses it
+    labels[0, 0, 2, 0, 0], labels[0, 0, 3, 1, 1] = 1, 0  # two classes in one block
+    labels[0, 0, 2:4, 2:4, :] = 1  # a block of one class, partly overwritten below
+    labels[0, 0, 3, 3, 1] = -1
+    low = downsample_labels(labels, (2, 2, 1), num_classes=3)
+    assert low[0, 0, :, :, 0].tolist() == [[2, 2], [-1, 1]]
+    assert _low_target().equal(downsample_labels(_batch()[2], (4, 4, 4), num_classes=3))
 
 
 def test_hybrid_loss_is_finite_and_backpropagates():
@@ -295,12 +318,13 @@ def test_hybrid_loss_without_regularizers_is_the_sum_of_partial_ce_terms():
     total, terms = HybridLoss(LossWeights(**OFF))(
         output, images, target, torch.zeros(2, dtype=torch.bool), 0, (1.0, 1.0, 1.0)
     )
-    # per-modality outputs are upsampled to the target; modality 1 is absent in sample 1
-    first, second = _upsampled(output)
+    # per-modality outputs are supervised at their own grid; modality 1 is absent in sample 1
+    first, second = output.per_modality
+    low = _low_target()
     expected = (
         partial_cross_entropy(output.fused, target)
-        + partial_cross_entropy(first, target)
-        + partial_cross_entropy(second[:1], target[:1])
+        + partial_cross_entropy(first, low)
+        + partial_cross_entropy(second[:1], low[:1])
     )
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert set(terms) == {"pce", "rampup", "total"}
@@ -310,20 +334,20 @@ def test_pseudo_labels_count_only_for_scribbled_samples_and_where_the_modality_h
     net, images, target = _batch()
     images[0, 1, :4] = float("nan")
     output = net.forward_all(images)
-    pseudo = torch.randint(0, 3, (2, 1, 8, 8, 8))
-    confidence = torch.rand(2, 1, 8, 8, 8)
+    low_pseudo, low_confidence = torch.randint(0, 3, (2, 1, 4, 4, 4)), torch.rand(2, 1, 4, 4, 4)
+    pseudo, confidence = _blocks(low_pseudo), _blocks(low_confidence)
     dense = torch.tensor([False, True])
     loss = HybridLoss(LossWeights(pce=0, dense=0, **OFF))
     total, terms = loss(output, images, target, dense, 0, (1.0, 1.0, 1.0), pseudo, confidence)
-    weight = confidence.clone()
-    weight[1] = 0.0  # the dense sample has no pseudo labels
-    second_weight = weight.clone()
-    second_weight[0, :, :4] = 0.0  # no MR data there
-    first, second = _upsampled(output)
+    weight, low_weight = confidence.clone(), low_confidence.clone()
+    weight[1], low_weight[1] = 0.0, 0.0  # the dense sample has no pseudo labels
+    second_weight = low_weight.clone()
+    second_weight[0, :, :2] = 0.0  # no MR data there
+    first, second = output.per_modality  # supervised at their own grid
     expected = (
         weighted_dice_ce(output.fused, pseudo, weight)
-        + weighted_dice_ce(first, pseudo, weight)
-        + weighted_dice_ce(second, pseudo, second_weight)
+        + weighted_dice_ce(first, low_pseudo, low_weight)
+        + weighted_dice_ce(second, low_pseudo, second_weight)
     )
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert terms["pseudo"] == pytest.approx(expected.item(), rel=1e-5)
@@ -344,14 +368,16 @@ def test_hybrid_loss_scales_regularizers_by_the_rampup():
 
 def test_hybrid_loss_uses_dice_ce_for_densely_labelled_samples_only():
     net, images, target = _batch()
-    target[1] = torch.randint(0, 3, (1, 8, 8, 8))  # sample 1 has a dense label
+    low = _low_target()
+    low[1] = torch.randint(0, 3, (1, 4, 4, 4))
+    target[1] = _blocks(low)[1]  # sample 1 has a dense label
     dense = torch.tensor([False, True])
     output = net.forward_all(images)
     supervised = HybridLoss(LossWeights(dense=0.5, **OFF))
     total, terms = supervised(output, images, target, dense, 0, (1.0, 1.0, 1.0))
-    outputs = [output.fused, *_upsampled(output)]
-    pce = sum(partial_cross_entropy(logits[:1], target[:1]) for logits in outputs)
-    dice_ce = sum(dense_loss(logits[1:], target[1:]) for logits in outputs)
+    pairs = [(output.fused, target), *((logits, low) for logits in output.per_modality)]
+    pce = sum(partial_cross_entropy(logits[:1], labels[:1]) for logits, labels in pairs)
+    dice_ce = sum(dense_loss(logits[1:], labels[1:]) for logits, labels in pairs)
     assert terms["pce"] == pytest.approx(pce.item(), rel=1e-5)
     assert terms["dense"] == pytest.approx(dice_ce.item(), rel=1e-5)
     assert total.item() == pytest.approx(pce.item() + 0.5 * dice_ce.item(), rel=1e-5)

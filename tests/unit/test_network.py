@@ -21,7 +21,7 @@ def test_output_shapes(num_modalities):
     out = net.forward_all(x)
     assert out.fused.shape == (2, 3, 16, 16, 16)
     assert len(out.per_modality) == num_modalities
-    assert all(logits.shape == (2, 3, 8, 8, 8) for logits in out.per_modality)  # the first level's grid
+    assert all(logits.shape == (2, 3, 4, 4, 4) for logits in out.per_modality)  # level 1's grid
     assert len(out.features) == num_modalities
     assert all(f.shape == (2, 32, 2, 2, 2) for f in out.features)  # bottom: 16 / 2^3
     assert out.present.shape == (2, num_modalities) and out.present.all()
@@ -131,5 +131,5 @@ def test_anisotropic_strides_keep_the_few_slices():
     assert net.size_divisor == (8, 8, 2)
     out = net.forward_all(torch.randn(1, 2, 16, 16, 4))
     assert out.fused.shape == (1, 3, 16, 16, 4)
-    assert out.per_modality[0].shape == (1, 3, 8, 8, 4)
+    assert out.per_modality[0].shape == (1, 3, 4, 4, 4)  # level 1: strides (2, 2, 1) twice
     assert out.features[0].shape == (1, 32, 2, 2, 2)
