@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from lib.data.phantoms import DEMO_LABELS
 from lib.datastore import CmfnetDatastore
@@ -367,6 +368,17 @@ def test_a_corrupt_published_model_is_moved_aside_and_the_previous_one_served(se
     assert response.status_code == 200, response.text
     assert server.model_file.read_bytes() == previous
     assert len(list(server.model_file.parent.glob("cmfnet.pt.corrupt-*"))) >= 1
+
+    # weights that do not fit this version's network (a model from an older version): the same
+    publish_untrained_model(server)
+    checkpoint = torch.load(server.model_file, weights_only=True)
+    head = next(name for name in checkpoint["model"] if name.startswith("heads."))
+    checkpoint["model"][head] = torch.zeros(1)
+    torch.save(checkpoint, server.model_file)
+    response = server.http.post("/infer/cmfnet?image=case_001&output=json")
+    assert response.status_code == 200, response.text
+    assert server.model_file.read_bytes() == previous
+    assert len(list(server.model_file.parent.glob("cmfnet.pt.corrupt-*"))) >= 2
 
 
 def test_a_corrupt_model_without_an_earlier_one_is_a_409_after_a_restart_until_a_retrain(demo, tmp_path):

@@ -86,14 +86,14 @@ class CmFNetSegmentation(BasicInferTask):
                     return cached[0], cached[1]
                 try:
                     state, plan = read_model(path)
-                except UnreadableModel as error:
+                    network = build_network(plan)
+                    network.load_state_dict(state)
+                except (UnreadableModel, RuntimeError) as error:  # RuntimeError: weights that do not fit
                     if heal(path, str(error)):
                         continue
                     if cached:
                         return cached[0], cached[1]
                     raise NotReady(f"the published model cannot be loaded ({error}); retrain") from None
-                network = build_network(plan)
-                network.load_state_dict(state)
                 network.to(torch.device(device)).eval()
                 self._loaded[device] = (network, plan, mtime)
                 logger.info(f"Loaded model {path.name} ({plan.describe()}) on {device}")
