@@ -39,10 +39,10 @@ class HybridLoss:
     - KL: :func:`prediction_consistency` at the per-modality resolution; F: :func:`feature_alignment`.
     - r: :func:`sigmoid_rampup` over ``weights.rampup_steps``.
 
-    Per-modality logits come at the network's first-level resolution and every term of theirs is
-    computed there (as nnU-Net supervises its low-resolution outputs): labels go down by
-    :func:`downsample_labels`, pseudo-label weights, images and the fused logits are box-filtered.
-    Upsampling them to the patch instead cost about a sixth of a training step.
+    Per-modality logits come on a coarser grid than the patch (lib.networks.cmfnet.BRANCH_LEVEL) and
+    every term of theirs is computed there, as nnU-Net supervises its low-resolution outputs: labels
+    go down by :func:`downsample_labels`; pseudo-label weights, images and the fused logits are
+    box-filtered.
     """
 
     def __init__(
@@ -134,9 +134,9 @@ class HybridLoss:
             low_spacing = [s * f for s, f in zip(spacing, factor, strict=True)]
             low_images = F.interpolate(images, size=low, mode="area")
 
-        if w.affinity > 0 and output.per_modality:
+        if w.affinity > 0 and per_modality:
             affinity = total.new_zeros(())
-            for m, logits in enumerate(output.per_modality):
+            for m, logits in enumerate(per_modality):
                 chosen = present[:, m]
                 if chosen.any():
                     affinity = affinity + local_affinity_loss(
@@ -149,9 +149,9 @@ class HybridLoss:
             terms["affinity"] = affinity
             total = total + ramp * w.affinity * affinity
 
-        if w.consistency > 0 and output.per_modality:
+        if w.consistency > 0 and per_modality:
             fused_low = F.interpolate(output.fused, size=low, mode="area")
-            terms["consistency"] = prediction_consistency(fused_low, output.per_modality, present, low_valid)
+            terms["consistency"] = prediction_consistency(fused_low, per_modality, present, low_valid)
             total = total + ramp * w.consistency * terms["consistency"]
 
         if w.alignment > 0 and len(output.features) > 1:
