@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import nibabel as nib
+import torch
 
 from lib.data.phantoms import CT_SHAPE, CT_SPACING
 from lib.inference import build_network
@@ -134,6 +135,17 @@ class Server:
         response = self.http.get("/train/", params={"all": True})
         return response.json() if response.status_code == 200 else []
 
+    def wait_until_idle(self, quiet_seconds: float = 4, timeout: float = 600) -> None:
+        """Wait until no run has been queued or going for `quiet_seconds` (longer than the retrain delay plus
+        its poll, so that no retrain is pending either)."""
+        deadline, quiet_since = time.monotonic() + timeout, time.monotonic()
+        while time.monotonic() - quiet_since < quiet_seconds:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"training did not stop within {timeout:.0f} s")
+            if any(r["status"] in ("SUBMITTED", "RUNNING") for r in self.train_runs()):
+                quiet_since = time.monotonic()
+            time.sleep(0.5)
+
     def wait_for_retraining(self, runs_before: int, settle: float, timeout: float) -> list[dict]:
         """Wait, as a user watching the training status would, until new annotations have started a run (after
         `runs_before` runs), every run has ended and none followed within `settle` s; the new runs."""
@@ -163,4 +175,7 @@ class Server:
 def publish_untrained_model(server: Server) -> None:
     """A real, untrained network with the demo's plan as the server's published model (geometry, errors, speed)."""
     plan = make_plan([CT_SPACING], [CT_SHAPE], num_modalities=2, num_classes=len(DEMO_LABELS) + 1)
-    publish_model(build_network(plan), plan, server.model_file)
+    with torch.random.fork_rng():  # the same weights whatever ran before in this process
+        torch.manual_seed(0)
+        network = build_network(plan)
+    publish_model(network, plan, server.model_file)

@@ -69,7 +69,10 @@ def heal(path: Path, reason: str) -> bool:
     """Move an unreadable published model aside and put the previous one back; True when one was restored."""
     path = Path(path)
     if path.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside, count = path.with_name(f"{path.name}.corrupt-{stamp}"), 1
+        while aside.exists():  # a second bad file within the same second keeps the first
+            aside, count = path.with_name(f"{path.name}.corrupt-{stamp}-{count}"), count + 1
         os.replace(path, aside)
         logger.error(f"Published model {path.name} is unreadable ({reason}); moved aside to {aside.name}")
     previous = previous_path(path)

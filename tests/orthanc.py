@@ -38,7 +38,8 @@ class Orthanc:
         self.url = url
         self.dicomweb = f"{url}/dicom-web"
         self.log = log
-        self.http = httpx.Client(base_url=url, timeout=60)
+        # no kept-alive connections: Orthanc drops idle ones after 1 s, racing a test's polls
+        self.http = httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0))
 
     def series(self, **filters) -> list[dict]:
         """QIDO-RS series search, as DICOM JSON."""

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 from dicomweb_client import DICOMwebClient
 from dicomweb_client.ext.gcp.session_utils import create_session_from_gcp_credentials
 from dicomweb_client.session_utils import create_session_from_user_pass
@@ -38,6 +39,7 @@ from monailabel.datastore.utils.convert import dicom_to_nifti
 from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
+from requests.adapters import HTTPAdapter, Retry
 
 from lib.datastore import ScribbleStore
 from lib.dicomweb.dcmqi import use_packaged_dcmqi
@@ -163,6 +165,18 @@ def _series_order(series: Dataset) -> tuple[float, str]:
     return (float(number) if number not in (None, "") else float("inf"), str(series.SeriesInstanceUID))
 
 
+def retry_dropped_connections(session: requests.Session) -> requests.Session:
+    """Resend a request when the PACS drops a kept-alive connection as it is reused.
+
+    Orthanc closes idle connections after one second by default, so a poll every second
+    races it; requests itself never resends. Storing the same SEG instance twice is harmless.
+    """
+    retry = Retry(total=3, connect=3, read=2, status=0, allowed_methods=None, backoff_factor=0.2)
+    for scheme in ("http://", "https://"):
+        session.mount(scheme, HTTPAdapter(max_retries=retry))
+    return session
+
+
 def dicomweb_datastore(url: str, labels: LabelSet, companions: list[str]) -> CmfnetDicomWebDatastore:
     """The datastore for `--studies http(s)://...`, built from MONAI Label's settings like MONAI Label builds its own,
     with dcmqi taken from its pip package instead of downloaded."""
@@ -170,14 +184,14 @@ def dicomweb_datastore(url: str, labels: LabelSet, companions: list[str]) -> Cmf
     if "googleapis.com" in url:
         client = DICOMwebClient(url=url, session=create_session_from_gcp_credentials())
     else:
-        session = None
+        session = requests.Session()
         if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
             session = create_session_from_user_pass(
                 settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD
             )
         client = DICOMwebClientX(
             url=url,
-            session=session,
+            session=retry_dropped_connections(session),
             qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
             wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
             stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,

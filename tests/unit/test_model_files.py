@@ -45,3 +45,12 @@ def test_healing_without_a_previous_model_says_so(tmp_path):
     path.write_bytes(b"not a model")
     assert heal(path, "test") is False
     assert not path.exists() and len(list(tmp_path.glob("cmfnet.pt.corrupt-*"))) == 1
+
+
+def test_two_corrupt_models_in_the_same_second_are_both_kept(tmp_path):
+    path = tmp_path / "cmfnet.pt"
+    for content in (b"first bad file", b"second bad file"):
+        path.write_bytes(content)
+        heal(path, "test")
+    kept = {p.read_bytes() for p in tmp_path.glob("cmfnet.pt.corrupt-*")}
+    assert kept == {b"first bad file", b"second bad file"}
