@@ -30,10 +30,18 @@ def pacs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(pacs):
-    """The app over Orthanc: polls for scribble SEGs every second, retrains one epoch 1 s after new strokes."""
+    """The app over Orthanc: polls for scribble SEGs every second, retrains (4 steps) 1 s after new strokes."""
     orthanc, _, root = pacs
     cache = root / "cache"
-    conf = {"max_steps": "4", "val_every": "2", "auto_train_delay": "1", "seg_poll_interval": "1"}
+    # runs start from scratch, so each publishes at its first validation (a 4-step fine-tune need not
+    # beat the published model)
+    conf = {
+        "max_steps": "4",
+        "val_every": "2",
+        "auto_train_delay": "1",
+        "seg_poll_interval": "1",
+        "pretrained": "false",
+    }
     with running_server(
         root, orthanc.dicomweb, conf=conf, env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(cache)}
     ) as server:

@@ -154,7 +154,15 @@ async function paint(strokes) {
   await scrollToSlice(viewport, strokes[0].points[0][2]);
   await page.locator('[data-cy="viewport-grid"]').screenshot({ path: path.join(out, 'before.png') });
   for (const [index, stroke] of strokes.entries()) {
-    await page.locator('[data-cy="data-row"]').nth(index).click(); // the active segment
+    // the active segment: under load OHIF may take a moment to switch, and a stroke drawn before goes to the old one
+    await retry(async () => {
+      await page.locator('[data-cy="data-row"]').nth(index).click();
+      await page.waitForFunction(
+        ([id, segment]) => window.services.segmentationService.getActiveSegment(id)?.segmentIndex === segment,
+        [viewport.id, index + 1],
+        { timeout: 5000 },
+      );
+    });
     const canvas = await viewportCall(viewport.id, 'return arg.map((p) => viewport.worldToCanvas(p));', stroke.points);
     const screen = canvas.map(([x, y]) => [viewport.x + x, viewport.y + y]);
     await page.mouse.move(...screen[0]);
