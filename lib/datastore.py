@@ -164,7 +164,14 @@ class ScribbleStore:
 class CmfnetDatastore(ScribbleStore, LocalDatastore):
     def __init__(self, datastore_path: str, labels: LabelSet, companions: list[str], **kwargs):
         self._init_scribble_store(labels, companions)
+        # MONAI Label's catalogue (an in-memory dict) is not thread-safe, and its file watcher reconciles it
+        # from a thread of its own while requests add, remove and reconcile: one at a time
+        self._catalogue_lock = threading.RLock()
         super().__init__(datastore_path, **kwargs)
+
+    def refresh(self) -> None:
+        with self._catalogue_lock:
+            super().refresh()
 
     def get_image_uri(self, image_id: str) -> str:
         uri = super().get_image_uri(image_id)
@@ -182,9 +189,10 @@ class CmfnetDatastore(ScribbleStore, LocalDatastore):
         drop_labels = bool(image_info.pop("drop_labels", False))
         upload = load_volume(image_filename, f"uploaded image '{image_id}'")
         if modality is None:
-            if self.has_image(image_id):
-                return self._replace_image(image_id, image_filename, image_info, upload, drop_labels)
-            return super().add_image(image_id, image_filename, image_info)
+            with self._catalogue_lock:
+                if self.has_image(image_id):
+                    return self._replace_image(image_id, image_filename, image_info, upload, drop_labels)
+                return super().add_image(image_id, image_filename, image_info)
         if modality not in self.companions:
             raise InvalidInput(f"unknown companion modality {modality!r}; this server's are {self.companions}")
         if not image_id:
@@ -198,17 +206,19 @@ class CmfnetDatastore(ScribbleStore, LocalDatastore):
 
     def remove_image(self, image_id: str) -> None:
         """The whole case: companions, labels of every tag and the image (404 if there is no such image)."""
-        reference = self.get_image_uri(image_id)
-        for modality in self.companions:
-            self._remove_companion(reference, modality)
-        super().remove_image(image_id)
-        self._forget_removed_files()
+        with self._catalogue_lock:
+            reference = self.get_image_uri(image_id)
+            for modality in self.companions:
+                self._remove_companion(reference, modality)
+            super().remove_image(image_id)
+            self._forget_removed_files()
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
-        if not super().get_label_uri(label_id, label_tag):
-            raise NotFound(f"no label '{label_tag}' for '{label_id}' in the datastore")
-        super().remove_label(label_id, label_tag)
-        self._forget_removed_files()
+        with self._catalogue_lock:
+            if not super().get_label_uri(label_id, label_tag):
+                raise NotFound(f"no label '{label_tag}' for '{label_id}' in the datastore")
+            super().remove_label(label_id, label_tag)
+            self._forget_removed_files()
 
     def _forget_removed_files(self) -> None:
         """With auto-reload, MONAI Label leaves deleted files to its file watcher, which may run after

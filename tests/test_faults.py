@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -255,6 +256,38 @@ def test_deleting_a_case_deletes_its_mr_and_labels(server, tmp_path):
         assert SCRIBBLED not in datastore.list_images() and not datastore.get_labels_by_image_id(SCRIBBLED)
     finally:
         datastore._observer.stop()  # its file watcher (MONAI Label has no public way to stop it)
+
+
+def test_the_catalogue_survives_uploads_and_deletes_racing_its_file_watcher(tmp_path):
+    """MONAI Label's catalogue is a dict its file watcher reconciles from a thread of its own."""
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    image = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), image)
+    for i in range(50):  # a long catalogue: each reconciliation walks it, checking every file
+        shutil.copy(image, studies / f"case_{i:03d}.nii.gz")
+    datastore = CmfnetDatastore(str(studies), labels=LabelSet(DEMO_LABELS), companions=["mr"], auto_reload=True)
+    errors, stop = [], threading.Event()
+
+    def reconcile():  # as the watcher does after every file event, as often as it can
+        while not stop.is_set():
+            try:
+                datastore.refresh()
+            except Exception as error:  # noqa: BLE001 - any error here is the failure under test
+                errors.append(error)
+
+    watcher = threading.Thread(target=reconcile)
+    watcher.start()
+    try:
+        for i in range(15):
+            datastore.add_image(f"race_{i}", str(image), {})
+            datastore.remove_image(f"race_{i}")
+    finally:
+        stop.set()
+        watcher.join()
+        datastore._observer.stop()
+    assert not errors, errors
+    assert not [i for i in datastore.list_images() if i.startswith("race_")]
 
 
 # -- every bad request is a 4xx with a message ----------------------------------------------------
