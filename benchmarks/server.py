@@ -111,7 +111,8 @@ class Server:
         self.app_dir = app_dir
         self.studies = studies
         self.log = log
-        self.http = httpx.Client(base_url=url, timeout=300)
+        # no kept-alive connections: uvicorn closes idle ones after 5 s, and a request sent as it does is reset
+        self.http = httpx.Client(base_url=url, timeout=300, limits=httpx.Limits(max_keepalive_connections=0))
 
     @property
     def model_file(self) -> Path:

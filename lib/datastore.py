@@ -118,19 +118,18 @@ class ScribbleStore:
         erase: np.ndarray | None = None,
         replace: bool = False,
         label_info: dict[str, Any] | None = None,
-    ) -> np.ndarray:
-        """Merge strokes into the stored scribbles (new strokes win; `erase` clears) and return the result.
-
-        When that changes nothing, the stored file is not rewritten."""
+    ) -> tuple[np.ndarray, bool]:
+        """Merge strokes into the stored scribbles (new strokes win; `erase` clears): the result, and whether
+        the stored scribbles changed (when not, the stored file is not rewritten)."""
         with self._merge_lock:
             stored = None if replace else self.scribbles(image_id)
             merged = strokes if stored is None else np.where(strokes > 0, strokes, stored)
             if erase is not None:
                 merged = np.where(erase, 0, merged)
             if stored is not None and np.array_equal(merged, stored):
-                return merged  # nothing new: the stored file is left as it is
+                return merged, False
             self._write_label(image_id, merged, SCRIBBLES_TAG, label_info or {})
-        return merged
+        return merged, True
 
     def scribbles(self, image_id: str) -> np.ndarray | None:
         """The stored scribbles of a case, or None."""

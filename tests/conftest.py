@@ -25,6 +25,7 @@ from lib.data.demo import write_demo
 
 # Short training runs for tests: a few steps, validated twice.
 FAST_TRAIN = {"max_steps": 4, "val_every": 2}
+SERVER_LOG_LINES = 80
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +49,15 @@ def copy_of_demo(demo: Path, folder: Path) -> Path:
     studies = folder / "studies"
     shutil.copytree(demo / "studies", studies)
     return studies
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report ends with the log tail of each server it used (CI shows no other trace of them)."""
+    report = yield
+    if report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, Server) and value.log.exists():
+                tail = value.log.read_text(errors="replace").splitlines()[-SERVER_LOG_LINES:]
+                report.sections.append((f"server log ({name}, last {SERVER_LOG_LINES} lines)", "\n".join(tail)))
+    return report

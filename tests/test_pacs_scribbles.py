@@ -1,5 +1,6 @@
 """Scribbles through the PACS (Orthanc): scribble SEGs in, retraining, result SEGs out; bad SEGs reported."""
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -197,3 +198,23 @@ def test_results_on_request_are_new_seg_series(server, pacs):
     after = {s["0020000E"]["Value"][0] for s in orthanc.series(Modality="SEG")}
     # added, nothing replaced (a retrain started by another test's strokes may add its own results meanwhile)
     assert before | {record["series"]} <= after
+
+
+def test_concurrent_imports_of_a_study_not_yet_cached_all_succeed(server, pacs):
+    """The poll thread and several POSTs import the same SEG of a CT series the server has never downloaded."""
+    orthanc, _, root = pacs
+    case = export_phantom(2, "case_002", root / "dicom")
+    stow(orthanc.dicomweb, sorted((root / "dicom" / "case_002").glob("*/*.dcm")))
+    strokes = strokes_on_truth(2, 24)
+    names = {DEMO_LABELS["liver"]: "liver", DEMO_LABELS["spleen"]: "spleen", BACKGROUND: "background"}
+    seg = labelmap_seg(ct_series(Path(case["folder"]) / "CT"), strokes, names, "scribbles")
+    DICOMwebClient(orthanc.dicomweb).store_instances([seg])
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(lambda _: server.http.post("/pacs/import", params={"study": case["StudyInstanceUID"]}), range(4))
+        )
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    records = [r for a in answers for r in a.json() if r["instance"] == seg.SOPInstanceUID]
+    assert len(records) == 4 and {r["status"] for r in records} <= {"imported", "unchanged"}, records
+    np.testing.assert_array_equal(np.asarray(nib.load(scribbles_file(server, case["CT"])).dataobj), strokes)

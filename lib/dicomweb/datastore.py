@@ -32,6 +32,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 from dicomweb_client.ext.gcp.session_utils import create_session_from_gcp_credentials
 from dicomweb_client.session_utils import create_session_from_user_pass
+from filelock import FileLock
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
@@ -62,6 +63,9 @@ class CmfnetDicomWebDatastore(ScribbleStore, DICOMWebDatastore):
             )
         self._init_scribble_store(labels, companions)
         super().__init__(client=client, **kwargs)
+        # one download and conversion into the cache at a time, across the server's threads and its
+        # training processes: MONAI Label converts a series whose folder merely exists, even half-downloaded
+        self._cache_lock = FileLock(self.cache_folder / ".cache.lock")
 
     @property
     def client(self) -> DICOMwebClient:
@@ -72,6 +76,11 @@ class CmfnetDicomWebDatastore(ScribbleStore, DICOMWebDatastore):
         """The datastore's cache folder (`<cache>/<hash of the url>`)."""
         return Path(self._datastore_path)
 
+    def has_image(self, image_id: str) -> bool:
+        """Asked of the PACS: MONAI Label's `list_images` is cached (MONAI_LABEL_DICOMWEB_CACHE_EXPIRY, 2 h by
+        default), so a series stored after it was listed would not be an image."""
+        return bool(self._series({**self._search_filter, "SeriesInstanceUID": image_id}))
+
     def study_images(self, study_uid: str) -> list[str]:
         """The image ids (reference series) of a study."""
         return [str(s.SeriesInstanceUID) for s in self._series({**self._search_filter, "StudyInstanceUID": study_uid})]
@@ -79,13 +88,14 @@ class CmfnetDicomWebDatastore(ScribbleStore, DICOMWebDatastore):
     def get_image_uri(self, image_id: str) -> str:
         """The cached NIfTI of the series, its companions materialized beside it."""
         reference = Path(self._datastore.image_path()).resolve() / f"{image_id}.nii.gz"
-        if not reference.exists():
-            self._check_is_image(image_id)
-            converted = super().get_image_uri(image_id)
-            if Path(converted).resolve() != reference:  # MONAI Label returns its temporary file the first time
-                os.unlink(converted)
-        for modality in self.companions:
-            self._materialize_companion(image_id, reference, modality)
+        with self._cache_lock:
+            if not reference.exists():
+                self._check_is_image(image_id)
+                converted = super().get_image_uri(image_id)
+                if Path(converted).resolve() != reference:  # MONAI Label returns its temporary file the first time
+                    os.unlink(converted)
+            for modality in self.companions:
+                self._materialize_companion(image_id, reference, modality)
         return str(reference)
 
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:

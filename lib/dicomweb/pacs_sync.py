@@ -55,7 +55,8 @@ class PacsSync:
         self.on_new_strokes = on_new_strokes
         self.interval = 0.0
         self.last_poll: str | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state and its file
+        self._import_lock = threading.Lock()  # one import at a time: the poll thread and POST /pacs/import
         self._runs_seen: set[str] = set()  # training runs (task ids) already answered with results
         self._state_file = datastore.cache_folder / "pacs_sync.json"
         self._state = {"segs": {}, "results": [], "model_mtime": self._model_mtime()}
@@ -144,6 +145,13 @@ class PacsSync:
         return [s for s in map(Dataset.from_json, found) if is_scribble_series(str(s.get("SeriesDescription", "")))]
 
     def _import(self, series: list[Dataset], again: bool) -> list[dict]:
+        with self._import_lock:
+            records = self._import_instances(series, again)
+        if any(r["status"] == "imported" for r in records):
+            self.on_new_strokes()
+        return records
+
+    def _import_instances(self, series: list[Dataset], again: bool) -> list[dict]:
         client = self.datastore.client
         instances = []
         for s in series:
@@ -153,10 +161,7 @@ class PacsSync:
                 if again or sop not in self._state["segs"]:
                     instances.append(client.retrieve_instance(study, uid, sop))
         instances.sort(key=lambda ds: (str(ds.get("ContentDate", "")), str(ds.get("ContentTime", ""))))
-        records = [self._import_instance(ds) for ds in instances]
-        if any(r["status"] == "imported" for r in records):
-            self.on_new_strokes()
-        return records
+        return [self._import_instance(ds) for ds in instances]
 
     def _import_instance(self, seg: pydicom.Dataset) -> dict:
         record = {

@@ -89,7 +89,5 @@ def import_scribble_seg(seg: pydicom.Dataset, store: ScribbleStore, label_set: L
     strokes, erase = np.where(mapped > 0, mapped, 0).astype(np.uint8), mapped == ERASE_VALUE
     if not strokes.any() and not erase.any():
         raise SegError("the SEG holds no strokes")
-    before = store.scribbles(image_id)
-    after = store.add_strokes(image_id, strokes, erase if erase.any() else None)
-    changed = before is None or not np.array_equal(before, after)
+    _, changed = store.add_strokes(image_id, strokes, erase if erase.any() else None)
     return SegImport(image=image_id, voxels=int((mapped != 0).sum()), changed=changed)

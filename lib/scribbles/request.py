@@ -29,5 +29,5 @@ def prepare_scribbles_request(request: dict, datastore: CmfnetDatastore, label_s
         labelmap = integer_values(load_volume(request["label"], "scribbles labelmap")[0].numpy(), "scribbles labelmap")
     strokes, erase = strokes_from_segments(labelmap, request.get("label_info") or [], selected_name, label_set)
     if in_datastore:
-        strokes = datastore.add_strokes(image_id, strokes, erase)
+        strokes, _ = datastore.add_strokes(image_id, strokes, erase)
     return {**request, "strokes": strokes, "selected_class": selected, "strokes_stored": in_datastore}
