@@ -10,7 +10,7 @@
   every path of the network, the hybrid loss (lib.losses.hybrid).
 - **Schedule**: AdamW; the learning rate decays polynomially with the run's progress, which is
   the larger of steps done / `max_steps` and time used / `max_minutes`, so a run bounded by time
-  still ends at a low rate.
+  still ends at a low rate; a run that fine-tunes the published model warms up first.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from lib.transforms.targets import HoldOutStrokesd, LoadTargetd, PropagateStroke
 
 SPATIAL_KEYS = ["image", "label", "pseudo", "confidence"]
 POLY_EXPONENT = 0.9  # nnU-Net's learning-rate decay
+FINE_TUNE_WARMUP_STEPS = 20  # see learning_rate
 
 
 def loading_transforms(plan: Plan, modalities: list[str], num_classes: int) -> list:
@@ -133,9 +134,15 @@ def with_dropout(present: torch.Tensor, p_drop: float) -> torch.Tensor:
     return present & keep
 
 
-def poly_learning_rate(peak: float, progress: float) -> float:
-    """nnU-Net's polynomial decay: peak * (1 - progress) ** 0.9, progress in [0, 1]."""
-    return peak * (1.0 - min(max(progress, 0.0), 1.0)) ** POLY_EXPONENT
+def learning_rate(peak: float, progress: float, step: int = 1, fine_tuning: bool = False) -> float:
+    """nnU-Net's polynomial decay, peak * (1 - progress) ** 0.9 with progress in [0, 1]; a run that fine-tunes
+    a published model ramps it up linearly over its first FINE_TUNE_WARMUP_STEPS steps (`step` counts from 1).
+
+    The ramp because AdamW starts a run with empty moments: at the full rate its first steps move every
+    weight by about the rate at once and undo much of what the published model had learned, which a short
+    retraining after new strokes then spends its budget winning back."""
+    rate = peak * (1.0 - min(max(progress, 0.0), 1.0)) ** POLY_EXPONENT
+    return rate * min(1.0, step / FINE_TUNE_WARMUP_STEPS) if fine_tuning else rate
 
 
 def run_progress(step: int, max_steps: int, elapsed: float, max_seconds: float) -> float:

@@ -4,8 +4,8 @@ Its type is `scribbles`, which makes 3D Slicer's MONAI Label module show its Scr
 The app turns the request's labelmap into stored strokes first (lib.scribbles.request); this task
 answers with a binary mask of the selected class (1 = the class) on the reference grid: the random
 walker from every stored stroke of the case (lib.scribbles.propagation), on the working grid of the
-published model's plan (or of a plan for this image alone before any model exists), multiplied with
-the model's probabilities when a model is published, and every stroke kept as drawn.
+published model's plan (or of a plan for this image alone before any model exists), pooled with the
+model's probabilities when a model is published (lib.infers.cmfnet.pooled), and every stroke kept as drawn.
 """
 
 import logging
@@ -16,7 +16,7 @@ from monai.data import MetaTensor
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from lib.errors import NotReady
-from lib.infers.cmfnet import CmFNetSegmentation
+from lib.infers.cmfnet import CmFNetSegmentation, pooled
 from lib.planning import make_plan
 from lib.scribbles.propagation import keep_strokes, stroke_probabilities
 from lib.transforms.grid import restore_labels, voxel_spacing
@@ -45,7 +45,7 @@ class CmFNetScribbles(CmFNetSegmentation):
         probabilities = stroke_probabilities(data["image"], data["strokes"], len(self.labels), self.modalities[0])
         data["model_used"], data["model_note"] = False, None
         try:
-            probabilities = probabilities * self.model_probabilities(data, device)
+            probabilities = pooled(self.model_probabilities(data, device), probabilities)
             data["model_used"] = True
         except NotReady as e:  # no model yet, or an unreadable one: strokes and images alone, and say why
             logger.warning(f"scribbles without model probabilities: {e.detail}")

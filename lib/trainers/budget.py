@@ -2,7 +2,7 @@
 
 One ignite handler on the trainer does all of it, because they share one clock:
 
-- the learning rate follows lib.training.poly_learning_rate of the run's progress;
+- the learning rate follows lib.training.learning_rate of the run's progress (warming up in a fine-tune);
 - a validation (the evaluator: accuracy on held-out strokes) runs at the start when the run
   fine-tunes a published model (that score is the one to beat), every `val_every` steps, and
   once more when the run stops between two of them;
@@ -32,7 +32,7 @@ from pathlib import Path
 from ignite.engine import Engine, Events
 
 from lib.distributed import agreed_max
-from lib.training import poly_learning_rate, run_progress
+from lib.training import learning_rate, run_progress
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class RunBudget:
         val_every: int,
         peak_learning_rate: float,
         started_at: float,
-        validate_first: bool,
+        fine_tuning: bool,
         details: dict,
         main: bool = True,
     ):
@@ -64,7 +64,7 @@ class RunBudget:
         self.val_every = val_every
         self.peak = peak_learning_rate
         self.started_at = started_at
-        self.validate_first = validate_first
+        self.fine_tuning = fine_tuning
         self.details = details
         self.main = main
         self.best: float | None = None
@@ -99,13 +99,13 @@ class RunBudget:
     # ---- events -----------------------------------------------------------------------------------
     def _started(self, trainer: Engine) -> None:
         self._iteration_started_at = time.time()
-        if self.validate_first:
+        if self.fine_tuning:
             self._validate(trainer, "the published model, before training")
         self._progress, _ = self._agreed(0)
         self._write(trainer, "running")
 
     def _set_learning_rate(self, trainer: Engine) -> None:
-        rate = poly_learning_rate(self.peak, self._progress)
+        rate = learning_rate(self.peak, self._progress, trainer.state.iteration, self.fine_tuning)
         for group in trainer.optimizer.param_groups:
             group["lr"] = rate
         self._iteration_started_at = time.time()
@@ -162,7 +162,7 @@ class RunBudget:
         improved = math.isfinite(score) and (self.best is None or score >= self.best)
         if improved:
             self.best, self.best_step = score, step
-            if self.main and (step > 0 or not self.validate_first):  # the published model needs no publishing
+            if self.main and (step > 0 or not self.fine_tuning):  # the published model needs no publishing
                 self.publish()
         if self.main:
             logger.info(

@@ -320,7 +320,7 @@ class CmFNetTrainer(BasicTrainTask):
             val_every=int(settings["val_every"]),
             peak_learning_rate=float(settings["learning_rate"]),
             started_at=float(settings["started_at"]),
-            validate_first=context.fine_tuning,
+            fine_tuning=context.fine_tuning,
             details={"run_id": context.run_id, "plan": plan.to_json(), "fine_tuning": context.fine_tuning},
             main=context.local_rank == 0,
         ).attach(trainer)

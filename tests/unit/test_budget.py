@@ -8,6 +8,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from lib.trainers.budget import RunBudget
+from lib.training import FINE_TUNE_WARMUP_STEPS
 
 
 def engines(scores: list[float], step_seconds: float = 0.0):
@@ -36,7 +37,7 @@ def budget(trainer, evaluator, published, tmp_path, **overrides):
         "val_every": 2,
         "peak_learning_rate": 0.01,
         "started_at": time.time(),
-        "validate_first": False,
+        "fine_tuning": False,
         "details": {"run_id": "test"},
     }
     return RunBudget(**{**options, **overrides})
@@ -74,7 +75,7 @@ def test_stops_early_enough_for_its_time_limit(tmp_path):
 def test_fine_tuning_must_beat_the_served_model_first(tmp_path):
     trainer, evaluator = engines([0.9, 0.5, 0.95])  # served model 0.9 at the start, then steps 2 and 4
     published = []
-    rb = budget(trainer, evaluator, published, tmp_path, max_steps=4, validate_first=True)
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=4, fine_tuning=True)
     run(trainer, evaluator, rb)
     assert published == [4]
 
@@ -86,3 +87,18 @@ def test_learning_rate_decays_with_progress(tmp_path):
     run(trainer, evaluator, budget(trainer, evaluator, [], tmp_path, max_steps=4))
     assert rates[0] == pytest.approx(0.01, rel=1e-3)  # the clock moved a little: progress is not exactly 0
     assert rates == sorted(rates, reverse=True) and rates[-1] < 0.01 * (1 - 3 / 4) ** 0.9 + 1e-9
+
+
+def test_a_fine_tune_warms_its_learning_rate_up_and_a_run_from_scratch_does_not(tmp_path):
+    rates = {}
+    for fine_tuning in (True, False):
+        trainer, evaluator = engines([0.5] * 40)
+        seen = rates[fine_tuning] = []
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e, s=seen: s.append(e.optimizer.param_groups[0]["lr"])
+        )
+        run(trainer, evaluator, budget(trainer, evaluator, [], tmp_path, max_steps=1000, fine_tuning=fine_tuning), 40)
+    scratch, tuned = rates[False], rates[True]
+    assert tuned[0] == pytest.approx(scratch[0] / FINE_TUNE_WARMUP_STEPS, rel=1e-2)  # step 1 of the ramp
+    assert tuned[9] == pytest.approx(scratch[9] * 10 / FINE_TUNE_WARMUP_STEPS, rel=1e-2)
+    assert tuned[FINE_TUNE_WARMUP_STEPS - 1 :] == pytest.approx(scratch[FINE_TUNE_WARMUP_STEPS - 1 :], rel=1e-2)

@@ -45,7 +45,7 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
             val_every=STEPS,
             peak_learning_rate=0.01,
             started_at=time.time() - (594.0 if rank == 1 else 0.0),
-            validate_first=False,
+            fine_tuning=False,
             details={},
             main=rank == 0,
         ).attach(trainer)
