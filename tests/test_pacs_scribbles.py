@@ -201,8 +201,13 @@ def test_results_on_request_are_new_seg_series(server, pacs):
 
 
 def test_concurrent_imports_of_a_study_not_yet_cached_all_succeed(server, pacs):
-    """The poll thread and several POSTs import the same SEG of a CT series the server has never downloaded."""
+    """The poll thread and several POSTs import the same SEG of a CT series the server has never downloaded;
+    the retraining they start stores a result SEG for it too."""
     orthanc, _, root = pacs
+    server.wait_until_idle()
+    runs_before = len(server.train_runs())
+    # the datastore's stats list the PACS's series, and MONAI Label keeps that list for 2 h
+    assert server.http.get("/datastore/", params={"output": "stats"}).status_code == 200
     case = export_phantom(2, "case_002", root / "dicom")
     stow(orthanc.dicomweb, sorted((root / "dicom" / "case_002").glob("*/*.dcm")))
     strokes = strokes_on_truth(2, 24)
@@ -218,3 +223,7 @@ def test_concurrent_imports_of_a_study_not_yet_cached_all_succeed(server, pacs):
     records = [r for a in answers for r in a.json() if r["instance"] == seg.SOPInstanceUID]
     assert len(records) == 4 and {r["status"] for r in records} <= {"imported", "unchanged"}, records
     np.testing.assert_array_equal(np.asarray(nib.load(scribbles_file(server, case["CT"])).dataobj), strokes)
+
+    server.wait_for_retraining(runs_before, settle=3, timeout=600)
+    description = result_description(server.model_file.stat().st_mtime)
+    wait_for(lambda: seg_series(orthanc, case["StudyInstanceUID"], description), 120, "the new study's result SEG")

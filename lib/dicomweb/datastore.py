@@ -81,6 +81,11 @@ class CmfnetDicomWebDatastore(ScribbleStore, DICOMWebDatastore):
         default), so a series stored after it was listed would not be an image."""
         return bool(self._series({**self._search_filter, "SeriesInstanceUID": image_id}))
 
+    def cached_images(self) -> list[str]:
+        """The series in the local cache: every one downloaded, so every annotated one (whatever MONAI Label's
+        cached listing of the PACS says)."""
+        return LocalDatastore.list_images(self)
+
     def study_images(self, study_uid: str) -> list[str]:
         """The image ids (reference series) of a study."""
         return [str(s.SeriesInstanceUID) for s in self._series({**self._search_filter, "StudyInstanceUID": study_uid})]

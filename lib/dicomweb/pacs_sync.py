@@ -90,7 +90,7 @@ class PacsSync:
             return []  # the run published nothing new
         self._state["model_mtime"] = mtime
         self._save()
-        annotated = [image for image in self.datastore.list_images() if self._annotated(image)]
+        annotated = [image for image in self.datastore.cached_images() if self._annotated(image)]
         logger.info(f"New {self.model} model: storing its results for {len(annotated)} annotated series in the PACS")
         return [self.write_result(image) for image in annotated]
 
