@@ -134,7 +134,7 @@ def with_dropout(present: torch.Tensor, p_drop: float) -> torch.Tensor:
     return present & keep
 
 
-def learning_rate(peak: float, progress: float, step: int = 1, fine_tuning: bool = False) -> float:
+def learning_rate(peak: float, progress: float, step: int, fine_tuning: bool) -> float:
     """nnU-Net's polynomial decay, peak * (1 - progress) ** 0.9 with progress in [0, 1]; a run that fine-tunes
     a published model ramps it up linearly over its first FINE_TUNE_WARMUP_STEPS steps (`step` counts from 1).
 
