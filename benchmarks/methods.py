@@ -6,6 +6,7 @@ scored through the product's own infer task; only the request differs.
 | --- | --- |
 | `cmfnet` | the default run: CmFNet, random-walker pseudo labels, the default loss (no regularizers) |
 | `regularized` | the same with the paper's regularizers on (affinity, consistency, alignment) |
+| `self_training` | the same with pseudo labels half the walker's, half the network's own prediction (DMSPS-like) |
 | `no_propagation` | the same, from the strokes alone (no pseudo labels) |
 | `pce` | the same network with partial cross-entropy on the strokes only |
 | `early_fusion` | one MONAI UNet with CT and MR as channels, the same recipe (`network: unet`) |
@@ -53,6 +54,7 @@ TRAINED: dict[str, tuple[str, dict]] = {
         "CmFNet with the paper's regularizers",
         {"loss": {"affinity": 1.0, "consistency": 0.5, "alignment": 0.1}},
     ),
+    "self_training": ("CmFNet, pseudo labels half its own prediction", {"loss": {"self_training": 0.5}}),
     "early_fusion": ("Early fusion (MONAI UNet, same recipe)", {"network": "unet"}),
     "dense": ("CmFNet on dense labels (upper bound)", {}),
 }

@@ -53,7 +53,8 @@ class LossWeights(_Settings):
 
     The regularizers are off by default: on the real abdominal CT they did not raise the Dice reached
     within the same budget and made each step dearer (the `cmfnet` and `regularized` methods of
-    benchmarks.accuracy).
+    benchmarks.accuracy). Self-training is off too: on the phantoms it did not raise the Dice (the
+    `self_training` method).
     """
 
     pce: float = Field(1.0, ge=0, le=100, description="partial cross-entropy on the strokes")
@@ -62,7 +63,12 @@ class LossWeights(_Settings):
     affinity: float = Field(0.0, ge=0, le=100, description="intra-modal local-affinity (gated CRF) term")
     consistency: float = Field(0.0, ge=0, le=100, description="per-modality vs fused prediction agreement")
     alignment: float = Field(0.0, ge=0, le=100, description="alignment of the modality bottleneck features")
-    rampup_steps: int = Field(100, ge=0, le=1_000_000, description="steps over which the regularizers ramp up")
+    self_training: float = Field(
+        0.0, ge=0, le=1, description="share of the network's own prediction in the pseudo labels, once ramped up"
+    )
+    rampup_steps: int = Field(
+        100, ge=0, le=1_000_000, description="steps over which the regularizers and self-training ramp up"
+    )
 
 
 class TrainSettings(_Settings):

@@ -13,7 +13,7 @@ from lib.labels import IGNORE
 from lib.losses.consistency import feature_alignment, prediction_consistency
 from lib.losses.local_affinity import local_affinity_loss
 from lib.losses.partial_ce import dense_loss, partial_cross_entropy
-from lib.losses.pseudo import weighted_dice_ce
+from lib.losses.pseudo import mixed_pseudo_labels, weighted_dice_ce
 from lib.losses.rampup import sigmoid_rampup
 from lib.networks.cmfnet import CmFNetOutput
 
@@ -32,7 +32,8 @@ class HybridLoss:
     - pCE: :func:`partial_cross_entropy` over the stroke voxels; per modality only where that
       modality is present and has data.
     - wDiceCE: :func:`weighted_dice_ce` towards the propagated pseudo labels, each voxel weighted
-      by the propagation's confidence (lib.scribbles.propagation).
+      by the propagation's confidence (lib.scribbles.propagation), mixed with the fused prediction
+      as r(step) * ``weights.self_training`` of the target (:func:`mixed_pseudo_labels`).
     - DiceCE: :func:`dense_loss` on densely labelled samples; a dense sample is in neither pCE nor wCE.
     - A_m: :func:`local_affinity_loss` of modality m's own prediction on its own image, at the
       per-modality outputs' resolution, where m has data.
@@ -109,6 +110,7 @@ class HybridLoss:
             total = total + w.pce * pce
 
         if w.pseudo > 0 and pseudo is not None and confidence is not None:
+            pseudo, confidence = mixed_pseudo_labels(output.fused, pseudo, confidence, ramp * w.self_training)
             weight = torch.where(scribbled, confidence, 0.0)
             term = weighted_dice_ce(output.fused, pseudo, weight)
             if per_modality:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from monai.networks import one_hot
 from torch import Tensor
@@ -36,3 +37,27 @@ def weighted_dice_ce(logits: Tensor, pseudo: Tensor, weight: Tensor) -> Tensor:
     probabilities = logits.softmax(dim=1) * weight
     onehot = one_hot(pseudo.long().clamp(min=0), num_classes=logits.shape[1]) * weight
     return ce + SOFT_DICE(probabilities, onehot)
+
+
+def mixed_pseudo_labels(
+    logits: Tensor, pseudo: Tensor, confidence: Tensor, model_share: float
+) -> tuple[Tensor, Tensor]:
+    """Pseudo labels and weights from the propagation mixed with the network's own (detached) prediction:
+
+        q = (1 - s) * p_walker + s * softmax(z),  label argmax q, weight max q,   s = ``model_share``
+
+    where ``p_walker`` is rebuilt from the propagation's label and confidence (the rest of its mass
+    spread evenly over the other classes). In the spirit of DMSPS (Han et al., 2024: pseudo labels
+    dynamically mixed from the network's own branches): the walker's labels cap a network trained on
+    them at the walker's accuracy (its own errors become the targets), and a network that has seen
+    every case knows, where the walker is unsure, more than the walker on one case does. Voxels without
+    a pseudo label (weight 0) stay without one.
+    """
+    classes = logits.shape[1]
+    if model_share <= 0:
+        return pseudo, confidence
+    walker = one_hot(pseudo.long().clamp(min=0), num_classes=classes)
+    walker = walker * confidence + (1 - walker) * (1 - confidence) / max(classes - 1, 1)
+    mixed = (1 - model_share) * walker + model_share * torch.softmax(logits.detach().float(), dim=1)
+    weight, label = mixed.max(dim=1, keepdim=True)
+    return label, torch.where(confidence > 0, weight, 0.0)

@@ -10,7 +10,7 @@ from lib.losses.consistency import feature_alignment, prediction_consistency
 from lib.losses.hybrid import HybridLoss, downsample_labels
 from lib.losses.local_affinity import local_affinity_loss
 from lib.losses.partial_ce import dense_loss, partial_cross_entropy
-from lib.losses.pseudo import weighted_cross_entropy, weighted_dice_ce
+from lib.losses.pseudo import mixed_pseudo_labels, weighted_cross_entropy, weighted_dice_ce
 from lib.losses.rampup import sigmoid_rampup
 from lib.networks.cmfnet import CmFNet
 from lib.settings import LossWeights
@@ -254,7 +254,7 @@ def test_weighted_dice_ce_ignores_unweighted_voxels_and_samples():
 
 # ---------------------------------------------------------------- hybrid loss
 
-OFF = {"affinity": 0, "consistency": 0, "alignment": 0}
+OFF = {"affinity": 0, "consistency": 0, "alignment": 0, "self_training": 0}
 
 
 def _batch(num_modalities: int = 2):
@@ -351,6 +351,38 @@ def test_pseudo_labels_count_only_for_scribbled_samples_and_where_the_modality_h
     )
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert terms["pseudo"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_mixed_pseudo_labels_by_hand():
+    # two classes, three voxels: the walker says class 1 with confidence 0.6, 0.9 and 0 (no pseudo label);
+    # the network says class 0 with probability 0.8 everywhere
+    logits = torch.log(torch.tensor([0.8, 0.2])).view(1, 2, 1, 1, 1).expand(1, 2, 3, 1, 1)
+    pseudo = torch.ones(1, 1, 3, 1, 1, dtype=torch.long)
+    confidence = torch.tensor([0.6, 0.9, 0.0]).view(1, 1, 3, 1, 1)
+    label, weight = mixed_pseudo_labels(logits, pseudo, confidence, 0.5)
+    # voxel 0: class 0 gets 0.5 * 0.4 + 0.5 * 0.8 = 0.6 against 0.4; voxel 1: class 1 gets 0.5 * 0.9 + 0.5 * 0.2 = 0.55
+    assert label.flatten().tolist()[:2] == [0, 1]
+    assert weight.flatten().tolist() == pytest.approx([0.6, 0.55, 0.0])
+    unchanged = mixed_pseudo_labels(logits, pseudo, confidence, 0.0)
+    assert unchanged[0] is pseudo and unchanged[1] is confidence
+
+
+def test_self_training_mixes_the_fused_prediction_into_the_pseudo_labels_once_ramped_up():
+    net, images, target = _batch()
+    output = net.forward_all(images)
+    pseudo, confidence = torch.randint(0, 3, (2, 1, 8, 8, 8)), torch.full((2, 1, 8, 8, 8), 0.5)
+    dense = torch.zeros(2, dtype=torch.bool)
+    weights = {"pce": 0, "dense": 0, **OFF}
+    walker_only = HybridLoss(LossWeights(**weights))(output, images, target, dense, 0, (1.0,) * 3, pseudo, confidence)
+    mixed = HybridLoss(LossWeights(**{**weights, "self_training": 1.0, "rampup_steps": 10}))
+    before = mixed(output, images, target, dense, 0, (1.0,) * 3, pseudo, confidence)
+    after = mixed(output, images, target, dense, 10, (1.0,) * 3, pseudo, confidence)
+    # at step 0 the ramp (exp(-5)) leaves the walker's labels in charge; once ramped up the targets are the
+    # network's own argmax, which it fits better than random labels
+    own, own_weight = mixed_pseudo_labels(output.fused, pseudo, confidence, 1.0)
+    assert torch.equal(own, output.fused.argmax(1, keepdim=True))
+    assert before[1]["pseudo"] == pytest.approx(walker_only[1]["pseudo"], rel=0.05)
+    assert after[1]["pseudo"] < walker_only[1]["pseudo"]
 
 
 def test_hybrid_loss_scales_regularizers_by_the_rampup():
