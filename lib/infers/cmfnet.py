@@ -160,12 +160,40 @@ class CmFNetSegmentation(BasicInferTask):
 
 
 def pooled(model: torch.Tensor, walker: torch.Tensor) -> torch.Tensor:
-    """Class probabilities from the model's and the random walker's (both (K+1, ...)): their weighted mean.
+    """Class probabilities from the model's and the random walker's (both (K+1, ...)): their weighted mean,
+    the model's first matched to the walker's class volumes (:func:`volumes_matched`).
 
     A mean (a linear opinion pool) rather than the product: the product lets whichever is surer win,
     so a model still poor after a short retraining overrode the walker where the walker was right, and
     the product's 0 for a class without strokes kept the model from adding an organ not yet stroked on
     this case. The weight: scored again on the served model and strokes of every round of three runs of
     benchmarks.annotator (real scan twice, phantoms once), the mean with 0.4 did better than the product in
-    8 of the 9 rounds and tied in the 9th; the best weight was lower where the model was weaker (real scan)."""
-    return MODEL_WEIGHT * model + (1.0 - MODEL_WEIGHT) * walker
+    8 of the 9 rounds and tied in the 9th; the best weight was lower where the model was weaker (real scan).
+    On the same 9 rounds, matching the volumes first raised the mean Dice in 8 and tied in the 9th."""
+    return MODEL_WEIGHT * volumes_matched(model, walker) + (1.0 - MODEL_WEIGHT) * walker
+
+
+def volumes_matched(model: torch.Tensor, walker: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+    """The model's probabilities with each stroked class rescaled so that its expected volume on this case is
+    the walker's, by iterative proportional fitting (a prior shift as in Saerens et al., Neural Computation
+    2002, with the walker's class volumes as the new priors); what the model gives classes without strokes
+    on this case (where the walker knows nothing) is kept.
+
+    Why: a model trained on few strokes for a few minutes over-segments the small organs (patches are
+    centred class by class, and its loss has a Dice term), confidently; in the mean those false voxels beat
+    a walker that is only moderately sure of the background there (real scan: a left kidney twice its size).
+    The walker's volumes come from this case's strokes and edges, and are close to the truth."""
+    stroked = walker.flatten(1).sum(1) > 0
+    if not stroked.any():
+        return model
+    shape = (-1,) + (1,) * (model.dim() - 1)
+    fitted = model[stroked]
+    mass = fitted.sum(0, keepdim=True)  # per voxel, the model's probability of some stroked class
+    volumes = walker[stroked].flatten(1).sum(1)
+    target = volumes * mass.sum() / volumes.sum()
+    for _ in range(iterations):
+        fitted = fitted * (target / fitted.flatten(1).sum(1).clamp(min=1e-6)).view(shape)
+        fitted = fitted * mass / fitted.sum(0, keepdim=True).clamp(min=1e-12)
+    matched = model.clone()
+    matched[stroked] = fitted
+    return matched
