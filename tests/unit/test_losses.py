@@ -379,7 +379,7 @@ def test_self_training_mixes_the_fused_prediction_into_the_pseudo_labels_once_ra
     after = mixed(output, images, target, dense, 10, (1.0,) * 3, pseudo, confidence)
     # at step 0 the ramp (exp(-5)) leaves the walker's labels in charge; once ramped up the targets are the
     # network's own argmax, which it fits better than random labels
-    own, own_weight = mixed_pseudo_labels(output.fused, pseudo, confidence, 1.0)
+    own, _ = mixed_pseudo_labels(output.fused, pseudo, confidence, 1.0)
     assert torch.equal(own, output.fused.argmax(1, keepdim=True))
     assert before[1]["pseudo"] == pytest.approx(walker_only[1]["pseudo"], rel=0.05)
     assert after[1]["pseudo"] < walker_only[1]["pseudo"]
