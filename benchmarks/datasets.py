@@ -21,12 +21,10 @@ import numpy as np
 from lib.data.cases import write_case
 from lib.data.phantoms import make_case
 from lib.data.real_scans import REAL_LABELS, abdomen_scribbles, make_abdomen_case, missing_reason
-from lib.data.scribbles import ScribbleSettings, annotated_fraction, simulate_scribbles
+from lib.data.scribbles import PROTOCOL, annotated_fraction, simulate_scribbles
 from lib.labels import DEMO_LABELS
-from lib.transforms.intensity import CT_AIR_HU
 
 TRAIN_SEEDS, TEST_SEEDS = 1000, 3000
-PHANTOM_SCRIBBLES = ScribbleSettings(body_threshold=CT_AIR_HU, min_length=5, slice_fraction=0.4, keep=1.0)
 NAMES = ("phantom", "real", "real_half")
 
 
@@ -79,7 +77,7 @@ def _write(name: str, folder: Path, seed: int) -> None:
         train = [(f"train_{i}", make_case(TRAIN_SEEDS + i), True) for i in range(4)]
         test = [(f"test_{i}", make_case(TEST_SEEDS + i), False) for i in range(3)]
         protocol = "strokes on 4 training phantoms; scored on 3 other phantoms that have no strokes"
-        cases = [(i, c, PHANTOM_SCRIBBLES if s else None) for i, c, s in train + test]
+        cases = [(i, c, PROTOCOL if s else None) for i, c, s in train + test]
     else:
         if missing_reason():
             raise FileNotFoundError(missing_reason())

@@ -7,12 +7,14 @@ from lib.labels import IGNORE
 
 
 class StrokeAccuracy(CumulativeIterationMetric):
-    """Balanced accuracy on annotated voxels: for each class, the fraction of its annotated
-    voxels predicted as that class, averaged over the classes that have annotations.
+    """Balanced (soft) accuracy on annotated voxels: for each class, the mean probability the
+    prediction gives that class on its annotated voxels, averaged over the classes that have annotations.
 
-    `y_pred` is (B, C, ...) scores or (B, 1, ...) class indices; `y` is (B, 1, ...) class
-    indices with IGNORE where nothing is annotated. On held-out strokes it tells whether the
-    model generalizes from the strokes it trained on; with dense labels it is mean recall.
+    `y_pred` is (B, C, ...) class probabilities, or (B, 1, ...) class indices (probability 1 for the
+    predicted class: then it is the balanced accuracy); `y` is (B, 1, ...) class indices with IGNORE
+    where nothing is annotated. On held-out strokes it tells whether the model generalizes from the
+    strokes it trained on. Probabilities rather than argmax because a few hundred held-out voxels are
+    all right early in a run: a hard accuracy then stays at 1.0, and a later, better model cannot beat it.
     """
 
     def __init__(self, num_classes: int):
@@ -20,13 +22,16 @@ class StrokeAccuracy(CumulativeIterationMetric):
         self.num_classes = num_classes
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        predicted = y_pred.argmax(1) if y_pred.shape[1] > 1 else y_pred[:, 0].long()
+        if y_pred.shape[1] > 1:
+            probabilities = y_pred.float()
+        else:
+            probabilities = torch.nn.functional.one_hot(y_pred[:, 0].long(), self.num_classes).movedim(-1, 1).float()
         target = y[:, 0].long()
         annotated = target != IGNORE
         counts = torch.zeros(y.shape[0], 2, self.num_classes, device=y.device)
         for c in range(self.num_classes):
             of_class = annotated & (target == c)
-            counts[:, 0, c] = (of_class & (predicted == c)).flatten(1).sum(1)
+            counts[:, 0, c] = (probabilities[:, c] * of_class).flatten(1).sum(1)
             counts[:, 1, c] = of_class.flatten(1).sum(1)
         return counts
 

@@ -11,6 +11,7 @@
 - **Schedule**: AdamW; the learning rate decays polynomially with the run's progress, which is
   the larger of steps done / `max_steps` and time used / `max_minutes`, so a run bounded by time
   still ends at a low rate; a run that fine-tunes the published model warms up first.
+- **Model**: a moving average of the weights (:func:`weight_average`) is what is validated and published.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from monai.transforms import (
     RandShiftIntensityd,
     SpatialPadd,
 )
+from torch.optim.swa_utils import AveragedModel
 
 from lib.labels import IGNORE
 from lib.losses.hybrid import HybridLoss
@@ -39,6 +41,7 @@ from lib.transforms.targets import HoldOutStrokesd, LoadTargetd, PropagateStroke
 SPATIAL_KEYS = ["image", "label", "pseudo", "confidence"]
 POLY_EXPONENT = 0.9  # nnU-Net's learning-rate decay
 FINE_TUNE_WARMUP_STEPS = 20  # see learning_rate
+AVERAGE_DECAY = 0.99  # see weight_average
 
 
 def loading_transforms(plan: Plan, modalities: list[str], num_classes: int) -> list:
@@ -148,3 +151,18 @@ def learning_rate(peak: float, progress: float, step: int, fine_tuning: bool) ->
 def run_progress(step: int, max_steps: int, elapsed: float, max_seconds: float) -> float:
     """How far a run is, 0..1: by steps or by time, whichever is further."""
     return max(step / max_steps, elapsed / max_seconds if math.isfinite(max_seconds) else 0.0)
+
+
+def weight_average(network: torch.nn.Module) -> AveragedModel:
+    """An exponential moving average of the network's weights (Polyak averaging), updated after every step
+    with `update_parameters`; validation and publication use it (`.module`), not the last iterate.
+
+    With batches of two patches the iterates scatter around the optimum; their average is the better model
+    and moves less from one validation to the next. The decay warms up, min(AVERAGE_DECAY, (1 + n) / (10 + n))
+    after n updates, so the average of a young run does not drag along its first, untrained weights."""
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        decay = min(AVERAGE_DECAY, (1.0 + float(updates)) / (10.0 + float(updates)))
+        return averaged + (current - averaged) * (1.0 - decay)
+
+    return AveragedModel(network, avg_fn=average, use_buffers=True)

@@ -20,9 +20,8 @@ import numpy as np
 
 from lib.data.cases import COMPANION, write_case
 from lib.data.phantoms import DEMO_LABELS, make_case
-from lib.data.scribbles import ScribbleSettings, annotated_fraction, simulate_scribbles
+from lib.data.scribbles import PROTOCOL, annotated_fraction, simulate_scribbles
 from lib.labels import SCRIBBLES_TAG
-from lib.transforms.intensity import CT_AIR_HU
 
 
 def case_id(index: int) -> str:
@@ -44,8 +43,7 @@ def write_demo(out: Path, cases: int, scribbled: int, final: int, seed: int) -> 
         case = make_case(seed + index)
         scribbles = None
         if index < scribbled:
-            settings = ScribbleSettings(body_threshold=CT_AIR_HU)
-            scribbles = simulate_scribbles(case.truth, len(DEMO_LABELS), seed + index, settings, image=case.ct)
+            scribbles = simulate_scribbles(case.truth, len(DEMO_LABELS), seed + index, PROTOCOL, image=case.ct)
             fractions.append(annotated_fraction(scribbles))
         write_case(studies, case_id(index), case, scribbles, truth_dir=out / "truth", final=index < final)
     return {

@@ -37,8 +37,7 @@ from scipy.spatial.transform import Rotation
 
 from lib.data.cases import write_case
 from lib.data.phantoms import PhantomCase, grid_affine, world_coordinates
-from lib.data.scribbles import ScribbleSettings, annotated_fraction, simulate_scribbles
-from lib.transforms.intensity import CT_AIR_HU
+from lib.data.scribbles import PROTOCOL, ScribbleSettings, annotated_fraction, simulate_scribbles
 
 # ../shared/data relative to the project root (the folder above lib/), or $CMFNET_SHARED_DATA
 SHARED_DATA = Path(
@@ -220,11 +219,7 @@ def make_abdomen_case(seed: int = 0, ct_spacing: float | None = None, data_dir: 
     )
 
 
-# WORD-style strokes on 40 % of the slices holding each structure, whole skeletons: about 0.7 % of the voxels
-ABDOMEN_SCRIBBLES = ScribbleSettings(body_threshold=CT_AIR_HU, min_length=5, slice_fraction=0.4, keep=1.0)
-
-
-def abdomen_scribbles(case: PhantomCase, seed: int, settings: ScribbleSettings = ABDOMEN_SCRIBBLES) -> np.ndarray:
+def abdomen_scribbles(case: PhantomCase, seed: int, settings: ScribbleSettings = PROTOCOL) -> np.ndarray:
     """WORD-style scribbles for the real case (background strokes inside the body)."""
     return simulate_scribbles(case.truth, len(REAL_LABELS), seed, settings, image=case.ct)
 

@@ -16,6 +16,8 @@ import numpy as np
 from scipy.ndimage import binary_erosion, binary_fill_holes
 from skimage.morphology import skeletonize
 
+from lib.transforms.intensity import CT_AIR_HU
+
 
 @dataclass(frozen=True)
 class ScribbleSettings:
@@ -27,6 +29,12 @@ class ScribbleSettings:
     # A stroke shorter than this (pixels) gets a straight segment through the structure along its long axis,
     # as an annotator would draw across a small blob whose skeleton is a dot; 0 = skeleton only (WORD).
     min_length: int = 0
+
+
+# The annotation every simulated case gets (the demo, the benchmarks' phantoms and real scan): strokes on
+# 40 % of the slices holding a structure, whole skeletons, background strokes inside the body (air on CT):
+# about 0.8 % of a phantom's voxels, 0.7 % of the real abdominal CT's
+PROTOCOL = ScribbleSettings(body_threshold=CT_AIR_HU, min_length=5, slice_fraction=0.4, keep=1.0)
 
 
 def stroke_in_slice(mask2d: np.ndarray, settings: ScribbleSettings, rng: np.random.Generator) -> np.ndarray:

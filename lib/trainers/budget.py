@@ -3,7 +3,7 @@
 One ignite handler on the trainer does all of it, because they share one clock:
 
 - the learning rate follows lib.training.learning_rate of the run's progress (warming up in a fine-tune);
-- a validation (the evaluator: accuracy on held-out strokes) runs at the start when the run
+- a validation (the evaluator: soft accuracy on held-out strokes) runs at the start when the run
   fine-tunes a published model (that score is the one to beat), every `val_every` steps, and
   once more when the run stops between two of them;
 - the run stops at `max_steps`, or early enough that its last validation and publication end

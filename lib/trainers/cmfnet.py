@@ -7,10 +7,10 @@ stats file behind `/info`. What it cannot express by configuration is changed he
 - the datalist is every image with a `final` label or scribbles (the datastore's own `datalist()`
   lists `final` only), and a plan (lib.planning) is made from their spacings and sizes, or the
   published model's plan is kept when it fits, so fine-tuning goes on;
-- the run is bounded by steps and minutes, validated on held-out strokes, and every better model is
-  published at once (lib.trainers.budget); the deterministic data (grids, pseudo labels) is cached
-  on disk between runs, keyed by the files' modification times, so a retrain after new strokes on
-  one case propagates that case only;
+- the run is bounded by steps and minutes, the average of its weights (lib.training.weight_average) is
+  validated on held-out strokes, and every better one is published at once (lib.trainers.budget); the
+  deterministic data (grids, pseudo labels) is cached on disk between runs, keyed by the files'
+  modification times, so a retrain after new strokes on one case propagates that case only;
 - with `multi_gpu` (one process per GPU, BasicTrainTask's own spawn) or under torchrun
   (lib.train_distributed) every process trains the same network with DDP on its share of the cases,
   and all of them stop at the same step (lib.distributed); rank 0 publishes.
@@ -43,7 +43,13 @@ from lib.model_files import UnreadableModel, publish_model, read_model
 from lib.planning import Plan, make_plan
 from lib.settings import TrainSettings
 from lib.trainers.budget import RunBudget
-from lib.training import cached_training_transforms, hybrid_step, loading_transforms, random_training_transforms
+from lib.training import (
+    cached_training_transforms,
+    hybrid_step,
+    loading_transforms,
+    random_training_transforms,
+    weight_average,
+)
 from lib.transforms.modalities import companion_path
 from lib.transforms.targets import HoldOutStrokesd
 
@@ -208,13 +214,15 @@ class CmFNetTrainer(BasicTrainTask):
         return super()._device(context)
 
     def _create_network_and_optimizer(self, context: Context):
-        """BasicTrainTask's, with DDP through DistributedNetwork: it averages the gradients of `forward_all`."""
+        """BasicTrainTask's, with DDP through DistributedNetwork: it averages the gradients of `forward_all`.
+        Also the average of the weights that is validated and published (lib.training.weight_average)."""
         network = self.network(context).to(context.device)
         context.network = network
         optimizer = self.optimizer(context)
         if context.multi_gpu:
             network = DistributedNetwork(network, context.device)  # rank 0's weights in every process
             context.fine_tuning = from_rank0(context.fine_tuning)
+        context.averaged = weight_average(unwrap(network))
         return network, optimizer
 
     def network(self, context: Context):
@@ -258,6 +266,7 @@ class CmFNetTrainer(BasicTrainTask):
                 engine.state.device,
                 spacing,
             )
+            context.averaged.update_parameters(unwrap(engine.network))
             return {"loss": loss.item(), **terms}
 
         return iteration
@@ -270,7 +279,7 @@ class CmFNetTrainer(BasicTrainTask):
             present = batch["present"].to(engine.state.device)
             engine.network.eval()
             with torch.no_grad():
-                pred = inferer(image, engine.network, present=present)
+                pred = torch.softmax(inferer(image, engine.network, present=present), dim=1)
             return {"pred": pred, "label": batch["label"].to(engine.state.device)}
 
         return iteration
@@ -286,7 +295,7 @@ class CmFNetTrainer(BasicTrainTask):
         return SupervisedEvaluator(
             device=context.device,
             val_data_loader=self.val_data_loader(context),
-            network=unwrap(context.network),
+            network=context.averaged.module,
             key_val_metric={
                 METRIC: IgniteMetricHandler(
                     metric_fn=StrokeAccuracy(self.label_set.num_classes + 1),
@@ -310,10 +319,11 @@ class CmFNetTrainer(BasicTrainTask):
         )
         plan = self._plan_of(context)
         network = unwrap(context.network)
+        averaged = context.averaged.module
         RunBudget(
             evaluator=context.evaluator,
             metric_name=METRIC,
-            publish=lambda: publish_model(network, plan, self.published),
+            publish=lambda: publish_model(averaged, plan, self.published),
             stats_path=Path(self._stats_path),
             max_steps=int(settings["max_steps"]),
             max_seconds=float(settings["max_minutes"]) * 60,

@@ -56,6 +56,21 @@ def test_stroke_accuracy_is_balanced_over_annotated_classes():
     assert metric.aggregate().item() == 0.0
 
 
+def test_stroke_accuracy_of_probabilities_is_the_mean_probability_of_each_annotated_class():
+    # the same strokes as above; voxel probabilities of classes 0, 1, 2
+    y = torch.tensor([0, 0, 1, IGNORE]).reshape(1, 1, 4, 1, 1)
+    probabilities = torch.tensor([[0.9, 0.1, 0.0], [0.3, 0.2, 0.5], [0.4, 0.6, 0.0], [0.0, 0.0, 1.0]])
+    metric = StrokeAccuracy(num_classes=3)
+    metric(probabilities.T.reshape(1, 3, 4, 1, 1), y)
+    # class 0: (0.9 + 0.3) / 2, class 1: 0.6; class 2 has no strokes
+    assert metric.aggregate().item() == pytest.approx(((0.9 + 0.3) / 2 + 0.6) / 2)
+    # surer of the same argmax: a higher score, where the hard accuracy would not move
+    metric.reset()
+    surer = torch.tensor([[1.0, 0.0, 0.0], [0.3, 0.2, 0.5], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]])
+    metric(surer.T.reshape(1, 3, 4, 1, 1), y)
+    assert metric.aggregate().item() == pytest.approx(((1.0 + 0.3) / 2 + 0.9) / 2)
+
+
 def test_label_set_parses_conf_and_rejects_bad_ids():
     assert LabelSet.parse('{"liver":1,"spleen":2}').classes == {"liver": 1, "spleen": 2}
     with pytest.raises(ValueError, match="1..K"):
