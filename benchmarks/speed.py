@@ -13,7 +13,8 @@
    hybrid loss against the early-fusion UNet with partial cross-entropy only.
 4. `server`: a real server. `POST /infer/cmfnet` on an uploaded 512 x 512 x 200 CT + MR pair, end to end;
    and `make serve`'s path on a fresh demo datastore: seconds from `/info` answering to the first
-   automatically trained model, and that model's Dice on a demo case without strokes.
+   automatically trained model, that model's Dice on a demo case without strokes, and the Dice of the
+   model served 2 minutes after `/info` answered (a later one may have replaced the first by then).
 
 Writes results/speed.{json,md} and the README's `speed` section.
 """
@@ -56,6 +57,7 @@ from lib.training import hybrid_step
 PARTS = ("infer", "networks", "step", "server")
 CT_512 = ((512, 512, 200), (0.98, 0.98, 2.0))
 NUM_CLASSES = len(DEMO_LABELS) + 1
+SERVED_AFTER_SECONDS = 120.0  # the demo's goal: a useful model within 2 minutes of start
 
 
 def big_case(folder: Path, shape, spacing) -> Path:
@@ -204,16 +206,20 @@ def part_server(work: Path, smoke: bool) -> dict:
             time.sleep(0.5)
         results["first_model_seconds"] = watch()
         case = "case_007" if not smoke else "case_002"
-        predicted = np.asarray(server.infer_label(case).dataobj)
         truth = np.asarray(nib.load(demo / "truth" / f"{case}.nii.gz").dataobj)
-        results["first_model_dice"] = {
-            name: float(
-                2 * ((predicted == i) & (truth == i)).sum() / max((predicted == i).sum() + (truth == i).sum(), 1)
-            )
-            for name, i in DEMO_LABELS.items()
-        }
+        results["first_model_dice"] = _dice(np.asarray(server.infer_label(case).dataobj), truth)
         results["first_model_case"] = case
+        # what a user sees two minutes after start: the model served then (a later one may have replaced the first)
+        time.sleep(max(0.0, (SERVED_AFTER_SECONDS if not smoke else 0.0) - watch()))
+        results["served_at_2_minutes_dice"] = _dice(np.asarray(server.infer_label(case).dataobj), truth)
     return results
+
+
+def _dice(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    return {
+        name: float(2 * ((predicted == i) & (truth == i)).sum() / max((predicted == i).sum() + (truth == i).sum(), 1))
+        for name, i in DEMO_LABELS.items()
+    }
 
 
 def markdown(results: dict) -> str:
@@ -250,11 +256,13 @@ def markdown(results: dict) -> str:
     if "server" in results:
         r = results["server"]
         dice = ", ".join(f"{k} {v:.2f}" for k, v in r["first_model_dice"].items())
+        served = ", ".join(f"{k} {v:.2f}" for k, v in r.get("served_at_2_minutes_dice", {}).items())
         lines += [
             f"**Server**: `POST /infer/cmfnet` on an uploaded 512x512x200 CT + MR pair, end to end: "
             f"{r['infer_512_seconds']:.1f} s (result on the CT grid: {r['infer_512_on_ct_grid']}). Demo datastore "
             f"with default settings: first automatic model {r['first_model_seconds']:.0f} s after `/info` answered; "
-            f"its Dice on {r['first_model_case']} (no strokes): {dice}.",
+            f"its Dice on {r['first_model_case']} (no strokes): {dice}."
+            + (f" The model served 2 minutes after `/info`: {served}." if served else ""),
             "",
         ]
     return "\n".join(lines)
