@@ -40,7 +40,7 @@ import torch
 
 from benchmarks import methods
 from benchmarks.accuracy import score
-from benchmarks.common import RESULTS, ROOT, describe_machine
+from benchmarks.common import CACHE, RESULTS, ROOT, describe_machine
 from benchmarks.datasets import TEST_SEEDS, TRAIN_SEEDS, Case, Dataset
 from benchmarks.report import annotator_markdown, plot_annotator
 from benchmarks.server import running_server
@@ -255,7 +255,20 @@ def run(data: Data, args, work: Path) -> tuple[list[dict], dict]:
         except Exception as error:  # an arm that fails is reported; the others still run
             rows.append({"arm": arm, "title": TITLES[arm], "error": f"{type(error).__name__}: {error}"})
             print(json.dumps(rows[-1]), flush=True)
+    keep_strokes(data, annotator, args.strokes_out / data.dataset.name)
     return rows, {c: vars(b) for c, b in annotator.budget.items()}
+
+
+def keep_strokes(data: Data, annotator: Annotator, folder: Path) -> None:
+    """Every round's strokes so far, per annotated case (`<case>_round_<r>.nii.gz`, stored convention), so
+    that a round's answer can be looked into after the run: the loop's strokes depend on its trained models
+    and are not drawn the same way twice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in data.annotated:
+        given = np.zeros(data.truth(case).shape, np.uint8)
+        for r, new in enumerate(annotator.rounds):
+            given = np.where(new[case.case_id] > 0, new[case.case_id], given)
+            nib.save(nib.Nifti1Image(given, data.affine(case)), folder / f"{case.case_id}_round_{r}.nii.gz")
 
 
 def main(argv=None) -> dict:
@@ -272,6 +285,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny phantoms, one correction round, a few steps")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of annotator.{md,json,png}")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README with annotator markers")
+    parser.add_argument(
+        "--strokes-out", type=Path, default=CACHE / "annotator", help="folder of every round's strokes, per data set"
+    )
     args = parser.parse_args(argv)
     command = " ".join(["python -m benchmarks.annotator", *(argv if argv is not None else sys.argv[1:])])
     if args.smoke:

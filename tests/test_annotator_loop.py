@@ -4,13 +4,17 @@ Tiny phantoms and a few training steps: the numbers mean nothing, the plumbing i
 
 import json
 
+import nibabel as nib
+import numpy as np
+
 from benchmarks import annotator
 
 
 def test_the_annotator_runs_the_loop_end_to_end_and_writes_its_report(tmp_path):
     out = tmp_path / "results"
     arms = ["loop", "no_retraining", "random_walker"]
-    results = annotator.main(["--smoke", "--arms", ",".join(arms), "--out", str(out)])
+    strokes = tmp_path / "strokes"
+    results = annotator.main(["--smoke", "--arms", ",".join(arms), "--out", str(out), "--strokes-out", str(strokes)])
     rows = results["datasets"]["phantom"]["rows"]
 
     for name in ("annotator_smoke.json", "annotator_smoke.md", "annotator_smoke.png"):
@@ -31,6 +35,11 @@ def test_the_annotator_runs_the_loop_end_to_end_and_writes_its_report(tmp_path):
     assert "unseen" not in by_arm["random_walker"][0]
     # the same model and strokes after round 0: the no-retraining server answers as the loop did
     assert fixed[0]["annotated"]["mean"] == loop[0]["annotated"]["mean"]
+
+    # every round's strokes are kept for a look afterwards: as many voxels as the round's row says
+    for r in (0, 1):
+        kept = np.asarray(nib.load(strokes / "phantom" / f"train_0_round_{r}.nii.gz").dataobj)
+        assert int((kept > 0).sum()) == loop[r]["labelled_voxels"]
 
     text = (out / "annotator_smoke.md").read_text()
     assert "CmFNet loop (retraining)" in text and "random walker" in text
