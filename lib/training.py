@@ -161,8 +161,13 @@ def weight_average(network: torch.nn.Module) -> AveragedModel:
     and moves less from one validation to the next. The decay warms up, min(AVERAGE_DECAY, (1 + n) / (10 + n))
     after n updates, so the average of a young run does not drag along its first, untrained weights."""
 
-    def average(averaged: torch.Tensor, current: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+    def average(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        """All tensors of one device and dtype at once: one read of `updates` per step, not one per tensor
+        (on a GPU each read waits for the device)."""
+        if not averaged[0].is_floating_point():  # counters among the buffers are kept as they are
+            torch._foreach_copy_(averaged, current)
+            return
         decay = min(AVERAGE_DECAY, (1.0 + float(updates)) / (10.0 + float(updates)))
-        return averaged + (current - averaged) * (1.0 - decay)
+        torch._foreach_lerp_(averaged, current, 1.0 - decay)
 
-    return AveragedModel(network, avg_fn=average, use_buffers=True)
+    return AveragedModel(network, multi_avg_fn=average, use_buffers=True)

@@ -39,3 +39,17 @@ def test_the_decay_reaches_its_cap_in_a_long_run():
     averaged.update_parameters(network)
     # at 2000 updates (1 + n) / (10 + n) > AVERAGE_DECAY: one step moves the average by 1 - AVERAGE_DECAY
     assert abs(averaged.module.weight.item() - (1 - AVERAGE_DECAY)) < 1e-6
+
+
+def test_float_buffers_are_averaged_and_counters_copied():
+    network = torch.nn.BatchNorm1d(1)  # running_mean (float) and num_batches_tracked (an integer counter)
+    averaged = weight_average(network)
+    network.train()
+    for value in (2.0, 4.0):
+        network(torch.full((4, 1), value))
+        averaged.update_parameters(network)
+    # running_mean: 0.2 after the first batch (momentum 0.1), 0.58 after the second; the average copies the
+    # first and then moves by 1 - decay, decay = (1 + 1) / (10 + 1) after one update
+    decay = 2 / 11
+    assert abs(averaged.module.running_mean.item() - (decay * 0.2 + (1 - decay) * 0.58)) < 1e-6
+    assert averaged.module.num_batches_tracked.item() == 2
