@@ -72,22 +72,23 @@ def solve(data: np.ndarray, seeds: np.ndarray, beta: float, spacing) -> np.ndarr
     flat = seeds.ravel()
     free = flat == 0
     labels, counts = np.unique(flat[~free], return_counts=True)
+    probabilities = (flat[None] == labels[:, None]).astype(np.float32)
+    if not free.any():
+        return probabilities.reshape(len(labels), *seeds.shape)
     system = laplacian(data.astype(np.float32), beta, spacing)
     free_block = system[free][:, free].tocsr()
     seeded_block = system[free][:, ~free].tocsr()
     preconditioner = pyamg.ruge_stuben_solver(free_block).aspreconditioner()
-    probabilities = np.zeros((len(labels), flat.size), np.float32)
+    rest = counts.argmax()
     for row, label in enumerate(labels):
-        is_label = (flat[~free] == label).astype(np.float32)
-        probabilities[row, ~free] = is_label
-        if row == counts.argmax() or not free.any():
+        if row == rest:
             continue
+        is_label = probabilities[row, ~free]
         solution, info = cg(
             free_block, -(seeded_block @ is_label), rtol=TOLERANCE, maxiter=MAX_ITERATIONS, M=preconditioner
         )
         if info:
             logger.warning(f"random walker: label {label} not converged after {MAX_ITERATIONS} iterations")
         probabilities[row, free] = solution
-    rest = counts.argmax()
     probabilities[rest, free] = 1.0 - np.delete(probabilities[:, free], rest, axis=0).sum(axis=0)
     return probabilities.reshape(len(labels), *seeds.shape)

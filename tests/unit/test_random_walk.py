@@ -39,3 +39,9 @@ def test_an_edge_stops_the_walk_and_labels_follow_their_seed_values():
     assert probabilities.shape == (2, 6, 1, 1) and probabilities.dtype == np.float32
     np.testing.assert_array_equal(probabilities.argmax(axis=0)[:, 0, 0], [1, 1, 1, 0, 0, 0])
     assert probabilities[1, 1:3].min() > 0.99 and probabilities[0, 3:5].min() > 0.99
+
+
+def test_a_fully_seeded_grid_is_its_seeds():
+    seeds = np.array([2, 5, 5, 2]).reshape(2, 2, 1)
+    probabilities = solve(np.zeros((2, 2, 1, 1)), seeds, beta=1000.0, spacing=(1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(probabilities[:, :, :, 0], [[[1, 0], [0, 1]], [[0, 1], [1, 0]]])
