@@ -76,8 +76,9 @@ def solve(data: np.ndarray, seeds: np.ndarray, beta: float, spacing) -> np.ndarr
     if not free.any():
         return probabilities.reshape(len(labels), *seeds.shape)
     system = laplacian(data.astype(np.float32), beta, spacing)
-    free_block = system[free][:, free].tocsr()
-    seeded_block = system[free][:, ~free].tocsr()
+    free_rows = system[free]
+    free_block = free_rows[:, free].tocsr()
+    seeded_block = free_rows[:, ~free].tocsr()
     preconditioner = pyamg.ruge_stuben_solver(free_block).aspreconditioner()
     rest = counts.argmax()
     for row, label in enumerate(labels):
