@@ -35,6 +35,7 @@ from lib.losses.hybrid import HybridLoss
 from lib.networks.cmfnet import CmFNetOutput, random_modality_mask
 from lib.planning import Plan
 from lib.precision import precision_for
+from lib.transforms.intensity import RandCompanionBiasFieldd
 from lib.transforms.modalities import LoadModalitiesd
 from lib.transforms.targets import HoldOutStrokesd, LoadTargetd, PropagateStrokesd
 
@@ -82,6 +83,7 @@ def random_training_transforms(plan: Plan, num_classes: int, batch_size: int) ->
             mode=("bilinear", "nearest", "nearest", "bilinear"),
             padding_mode="border",
         ),
+        RandCompanionBiasFieldd("image", prob=0.5),
         RandScaleIntensityd(keys="image", factors=0.1, prob=0.5, channel_wise=True),
         RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5, channel_wise=True),
         RandGaussianNoised(keys="image", prob=0.15, std=0.05),
