@@ -255,11 +255,11 @@ def run(data: Data, args, work: Path) -> tuple[list[dict], dict]:
         except Exception as error:  # an arm that fails is reported; the others still run
             rows.append({"arm": arm, "title": TITLES[arm], "error": f"{type(error).__name__}: {error}"})
             print(json.dumps(rows[-1]), flush=True)
-    keep_strokes(data, annotator, args.strokes_out / data.dataset.name)
+    save_round_strokes(data, annotator, args.strokes_out / data.dataset.name)
     return rows, {c: vars(b) for c, b in annotator.budget.items()}
 
 
-def keep_strokes(data: Data, annotator: Annotator, folder: Path) -> None:
+def save_round_strokes(data: Data, annotator: Annotator, folder: Path) -> None:
     """Every round's strokes so far, per annotated case (`<case>_round_<r>.nii.gz`, stored convention), so
     that a round's answer can be looked into after the run: the loop's strokes depend on its trained models
     and are not drawn the same way twice."""

@@ -15,11 +15,15 @@ class StrokeAccuracy(CumulativeIterationMetric):
     where nothing is annotated. On held-out strokes it tells whether the model generalizes from the
     strokes it trained on. Probabilities rather than argmax because a few hundred held-out voxels are
     all right early in a run: a hard accuracy then stays at 1.0, and a later, better model cannot beat it.
+    `reduction="min"` gives the worst class's instead of the mean over classes.
     """
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, reduction: str = "mean"):
         super().__init__()
+        if reduction not in ("mean", "min"):
+            raise ValueError(f"reduction must be 'mean' or 'min', got {reduction!r}")
         self.num_classes = num_classes
+        self.reduction = reduction
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if y_pred.shape[1] > 1:
@@ -40,4 +44,5 @@ class StrokeAccuracy(CumulativeIterationMetric):
         annotated = totals > 0
         if not annotated.any():
             return torch.tensor(0.0)
-        return (hits[annotated] / totals[annotated]).mean()
+        per_class = hits[annotated] / totals[annotated]
+        return per_class.mean() if self.reduction == "mean" else per_class.min()

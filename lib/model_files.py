@@ -43,12 +43,18 @@ def read_model(path: Path) -> tuple[dict, Plan]:
         raise UnreadableModel(f"{path.name} cannot be read as a model: {type(error).__name__}: {error}") from None
 
 
-def publish_model(network: torch.nn.Module, plan: Plan, path: Path) -> None:
-    """Write the model atomically over `path`, keeping the one it replaces as `<name>.previous`."""
+def weights_of(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the network's state dict, unaffected by later training steps."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in network.state_dict().items()}
+
+
+def publish_model(network: torch.nn.Module | dict[str, torch.Tensor], plan: Plan, path: Path) -> None:
+    """Write the model (a network, or weights from `weights_of`) atomically over `path`, keeping the one it
+    replaces as `<name>.previous`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    state = {name: value.detach().cpu() for name, value in network.state_dict().items()}
+    state = network if isinstance(network, dict) else weights_of(network)
     torch.save({"model": state, "plan": plan.to_json()}, partial)
     with open(partial, "rb") as f:
         os.fsync(f.fileno())
@@ -63,6 +69,28 @@ def publish_model(network: torch.nn.Module, plan: Plan, path: Path) -> None:
     os.replace(partial, path)
     save_plan_json(plan, path.with_suffix(".plan.json"))
     logger.info(f"New model published: {path} ({plan.describe()})")
+
+
+class Publisher:
+    """What a training run does with a model that validated well: `serve` publishes the network's current
+    weights at once; `hold` keeps a copy of them instead, which `release` publishes later (lib.trainers.budget
+    holds back a first model that has not yet learned every class)."""
+
+    def __init__(self, network: torch.nn.Module, plan: Plan, path: Path):
+        self.network, self.plan, self.path = network, plan, Path(path)
+        self._held: dict[str, torch.Tensor] | None = None
+
+    def serve(self) -> None:
+        publish_model(self.network, self.plan, self.path)
+        self._held = None
+
+    def hold(self) -> None:
+        self._held = weights_of(self.network)
+
+    def release(self) -> None:
+        if self._held is not None:
+            publish_model(self._held, self.plan, self.path)
+            self._held = None
 
 
 def heal(path: Path, reason: str) -> bool:

@@ -39,7 +39,7 @@ from lib.inference import build_network, sliding_window_inferer
 from lib.labels import LabelSet
 from lib.losses.hybrid import HybridLoss
 from lib.metrics import StrokeAccuracy
-from lib.model_files import UnreadableModel, publish_model, read_model
+from lib.model_files import Publisher, UnreadableModel, read_model
 from lib.planning import Plan, make_plan
 from lib.settings import TrainSettings
 from lib.trainers.budget import RunBudget
@@ -56,6 +56,7 @@ from lib.transforms.targets import HoldOutStrokesd
 logger = logging.getLogger(__name__)
 
 METRIC = "val_stroke_accuracy"
+WORST_CLASS_METRIC = "val_worst_class_accuracy"
 # what every process of a distributed run takes from rank 0, besides its cases
 RANK0_KEYS = ("plan", "started_at", "run_id")
 
@@ -296,13 +297,15 @@ class CmFNetTrainer(BasicTrainTask):
             device=context.device,
             val_data_loader=self.val_data_loader(context),
             network=context.averaged.module,
-            key_val_metric={
-                METRIC: IgniteMetricHandler(
-                    metric_fn=StrokeAccuracy(self.label_set.num_classes + 1),
-                    output_transform=from_engine(["pred", "label"]),
-                )
-            },
+            key_val_metric={METRIC: self._stroke_accuracy("mean")},
+            additional_metrics={WORST_CLASS_METRIC: self._stroke_accuracy("min")},
             iteration_update=self.val_iteration_update(context),
+        )
+
+    def _stroke_accuracy(self, reduction: str) -> IgniteMetricHandler:
+        return IgniteMetricHandler(
+            metric_fn=StrokeAccuracy(self.label_set.num_classes + 1, reduction),
+            output_transform=from_engine(["pred", "label"]),
         )
 
     def _create_trainer(self, context: Context):
@@ -323,7 +326,8 @@ class CmFNetTrainer(BasicTrainTask):
         RunBudget(
             evaluator=context.evaluator,
             metric_name=METRIC,
-            publish=lambda: publish_model(averaged, plan, self.published),
+            floor_metric_name=WORST_CLASS_METRIC,
+            publisher=Publisher(averaged, plan, self.published),
             stats_path=Path(self._stats_path),
             max_steps=int(settings["max_steps"]),
             max_seconds=float(settings["max_minutes"]) * 60,

@@ -7,22 +7,42 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from lib.trainers.budget import RunBudget
+from lib.trainers.budget import FIRST_MODEL_FLOOR, RunBudget
 from lib.training import FINE_TUNE_WARMUP_STEPS
 
 
-def engines(scores: list[float], step_seconds: float = 0.0):
-    """A trainer whose steps take `step_seconds`, and an evaluator that reports `scores` in turn."""
+def engines(scores: list[float], step_seconds: float = 0.0, worst: list[float] | None = None):
+    """A trainer whose steps take `step_seconds`, and an evaluator that reports `scores` in turn (and the
+    worst class's `worst`, when given)."""
     trainer = Engine(lambda engine, batch: time.sleep(step_seconds) or {"loss": 1.0 / engine.state.iteration})
     trainer.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     evaluator = Engine(lambda engine, batch: None)
-    remaining = list(scores)
+    remaining, worst_remaining = list(scores), list(worst or [])
 
     @evaluator.on(Events.EPOCH_COMPLETED)
     def score(engine):
         engine.state.metrics["acc"] = remaining.pop(0) if remaining else 0.0
+        if worst is not None:
+            engine.state.metrics["worst"] = worst_remaining.pop(0) if worst_remaining else 0.0
 
     return trainer, evaluator
+
+
+class Recorder:
+    """A publisher (lib.model_files.Publisher's methods) that records the trainer's step at each call."""
+
+    def __init__(self, trainer, published: list):
+        self.trainer, self.published, self.held = trainer, published, None
+
+    def serve(self):
+        self.published.append(self.trainer.state.iteration)
+        self.held = None
+
+    def hold(self):
+        self.held = self.trainer.state.iteration
+
+    def release(self):
+        self.published.append(("released", self.held))
 
 
 def budget(trainer, evaluator, published, tmp_path, **overrides):
@@ -30,7 +50,7 @@ def budget(trainer, evaluator, published, tmp_path, **overrides):
     options = {
         "evaluator": evaluator,
         "metric_name": "acc",
-        "publish": lambda: published.append(trainer.state.iteration),
+        "publisher": Recorder(trainer, published),
         "stats_path": tmp_path / "train_stats.json",
         "max_steps": 6,
         "max_seconds": 600.0,
@@ -60,6 +80,36 @@ def test_stops_at_the_step_limit_and_publishes_the_best_model_not_the_last(tmp_p
     stats = json.loads((tmp_path / "train_stats.json").read_text())
     assert stats["status"] == "done" and stats["step"] == 8
     assert stats["best_metric"] == pytest.approx(0.8) and stats["best_step"] == 6
+
+
+def test_a_run_from_scratch_serves_no_model_that_misses_a_class_until_one_learns_them_all(tmp_path):
+    # validations at steps 2, 4, 6, 8: the mean rises at once, the worst class reaches the floor at step 6
+    trainer, evaluator = engines([0.7, 0.9, 0.95, 0.97], worst=[0.0, 0.3, FIRST_MODEL_FLOOR, 0.9])
+    published = []
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=8, floor_metric_name="worst")
+    run(trainer, evaluator, rb)
+    assert published == [6, 8]
+    stats = json.loads((tmp_path / "train_stats.json").read_text())
+    assert stats["worst_class_accuracy"] == pytest.approx(0.9) and stats["held_back"] is False
+
+
+def test_a_run_whose_models_never_learn_every_class_publishes_its_best_at_the_end(tmp_path):
+    trainer, evaluator = engines([0.6, 0.8, 0.7], worst=[0.0, 0.2, 0.4])  # steps 2, 4, 6: the best is step 4
+    published = []
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=6, floor_metric_name="worst")
+    run(trainer, evaluator, rb)
+    assert published == [("released", 4)]
+
+
+def test_a_fine_tune_is_not_held_to_the_floor(tmp_path):
+    trainer, evaluator = engines([0.5, 0.6], worst=[0.1, 0.2])  # the served model at the start, then step 2
+    published = []
+    run(
+        trainer,
+        evaluator,
+        budget(trainer, evaluator, published, tmp_path, max_steps=2, fine_tuning=True, floor_metric_name="worst"),
+    )
+    assert published == [2]
 
 
 def test_stops_early_enough_for_its_time_limit(tmp_path):

@@ -38,7 +38,7 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
         RunBudget(
             evaluator=None,
             metric_name="acc",
-            publish=lambda: None,
+            publisher=None,
             stats_path=os.path.join(out, f"stats_{rank}.json"),
             max_steps=STEPS,
             max_seconds=600.0,

@@ -3,7 +3,7 @@
 import torch
 
 from lib.inference import build_network
-from lib.model_files import UnreadableModel, heal, previous_path, publish_model, read_model
+from lib.model_files import Publisher, UnreadableModel, heal, previous_path, publish_model, read_model
 from lib.planning import make_plan
 
 PLAN = make_plan([[3.0, 3.0, 3.0]], [[32, 32, 32]], num_modalities=2, num_classes=3)
@@ -54,3 +54,21 @@ def test_two_corrupt_models_in_the_same_second_are_both_kept(tmp_path):
         heal(path, "test")
     kept = {p.read_bytes() for p in tmp_path.glob("cmfnet.pt.corrupt-*")}
     assert kept == {b"first bad file", b"second bad file"}
+
+
+def test_a_held_model_is_published_as_it_was_when_held_not_as_it_trained_on(tmp_path):
+    path = tmp_path / "cmfnet.pt"
+    network = build_network(PLAN)
+    publisher = Publisher(network, PLAN, path)
+    publisher.hold()
+    held = {k: v.clone() for k, v in network.state_dict().items()}
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(1.0)  # training goes on after the hold
+    assert not path.exists()  # held, not served
+    publisher.release()
+    state, _ = read_model(path)
+    assert all(torch.equal(state[k], v) for k, v in held.items())
+    publisher.serve()
+    state, _ = read_model(path)
+    assert all(torch.equal(state[k], v) for k, v in network.state_dict().items())

@@ -77,3 +77,11 @@ def test_label_set_parses_conf_and_rejects_bad_ids():
         LabelSet({"liver": 1, "spleen": 3})
     with pytest.raises(ValueError, match="JSON"):
         LabelSet.parse("{liver:1}")
+
+
+def test_stroke_accuracy_with_min_reduction_is_the_worst_annotated_class():
+    y = torch.tensor([0, 0, 1, IGNORE]).reshape(1, 1, 4, 1, 1)
+    probabilities = torch.tensor([[0.9, 0.1, 0.0], [0.3, 0.2, 0.5], [0.4, 0.6, 0.0], [0.0, 0.0, 1.0]])
+    metric = StrokeAccuracy(num_classes=3, reduction="min")
+    metric(probabilities.T.reshape(1, 3, 4, 1, 1), y)
+    assert metric.aggregate().item() == pytest.approx(min((0.9 + 0.3) / 2, 0.6))  # class 2 has no strokes
