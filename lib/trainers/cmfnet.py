@@ -51,7 +51,7 @@ from lib.training import (
     weight_average,
 )
 from lib.transforms.modalities import companion_path
-from lib.transforms.targets import HoldOutStrokesd
+from lib.transforms.targets import HoldOutStrokesd, split_cases
 
 logger = logging.getLogger(__name__)
 
@@ -150,14 +150,18 @@ class CmFNetTrainer(BasicTrainTask):
         return make_plan(spacings, shapes, len(self.modalities), num_classes, device, preset, request["network"])
 
     def partition_datalist(self, context: Context, shuffle=False):
-        """Validation uses the held-out strokes of the same cases (see HoldOutStrokesd). Under DDP every
-        process first takes rank 0's cases, plan and clock (under torchrun only rank 0 reads the datastore)."""
+        """Validation on held-out strokes of the same cases, or from CASE_SPLIT_FROM cases on, on held-out
+        cases (lib.transforms.targets.split_cases). Under DDP every process first takes rank 0's cases, plan
+        and clock (under torchrun only rank 0 reads the datastore)."""
         if context.multi_gpu:
             shared = from_rank0({"datalist": context.datalist, **{k: context.request.get(k) for k in RANK0_KEYS}})
             context.datalist = shared.pop("datalist")
             context.request.update(shared)
             context.run_id = context.request["run_id"]
-        return context.datalist, context.datalist
+        train, validation = split_cases(context.datalist)
+        if len(train) < len(context.datalist):
+            logger.info(f"Validating on held-out case(s) {', '.join(d['case'] for d in validation)}")
+        return train, validation
 
     # ---- data -------------------------------------------------------------------------------------
     def _plan_of(self, context: Context) -> Plan:
