@@ -8,7 +8,7 @@ import torch
 from lib.errors import InvalidInput
 from lib.labels import IGNORE, LabelSet
 from lib.metrics import StrokeAccuracy
-from lib.transforms.targets import HoldOutStrokesd, LoadTargetd, held_out_blocks
+from lib.transforms.targets import CASE_SPLIT_FROM, HoldOutStrokesd, LoadTargetd, held_out_blocks, split_cases
 
 
 def test_label_to_target_for_scribbles_and_dense_labels(tmp_path):
@@ -35,6 +35,23 @@ def test_held_out_strokes_split_the_annotations_in_two_disjoint_parts():
     held = torch.from_numpy(held_out_blocks((32, 32, 16)))
     assert torch.equal(in_validation[0], annotated[0] & held)
     assert 0.1 < in_validation.sum() / annotated.sum() < 0.35  # about one block in five
+
+
+def test_from_four_cases_on_whole_cases_are_held_out_and_keep_all_their_strokes():
+    few = [{"case": f"case_{i}"} for i in range(CASE_SPLIT_FROM - 1)]
+    assert split_cases(few) == (few, few)  # too few cases to spare one: held-out blocks of every case
+    cases = [{"case": f"case_{i}"} for i in range(10)]
+    train, validation = split_cases(cases)
+    assert len(validation) == 2 and len(train) == 8  # a fifth
+    assert all(d["held_out_case"] for d in validation)
+    assert {d["case"] for d in train} | {d["case"] for d in validation} == {d["case"] for d in cases}
+    assert not {d["case"] for d in train} & {d["case"] for d in validation}
+    # fixed by the case ids, not by their order
+    assert split_cases(cases[::-1])[1] == validation
+    target = torch.full((1, 32, 32, 16), IGNORE)
+    target[0, ::3, ::3, ::2] = 1
+    kept = HoldOutStrokesd("validation")({"label": target, "held_out_case": True})["label"]
+    assert torch.equal(kept, target)
 
 
 def test_a_case_with_strokes_on_one_side_only_keeps_them_all_for_both():
