@@ -185,7 +185,7 @@ class RunBudget:
         outcome = f"best {self.best:.4f}" if self.best is not None else "no score"
         if improved:
             self.best, self.best_step = score, step
-            outcome = "new best"
+            outcome = "the score to beat"
             if step > 0 or not self.fine_tuning:  # the published model needs no publishing
                 outcome = self._publish(worst)
         if self.main:
@@ -199,8 +199,10 @@ class RunBudget:
         """Serve the new best model, or hold it back while a run from scratch has not reached the floor."""
         self.served = self.served or worst >= FIRST_MODEL_FLOOR
         self.holding = not self.served
-        if self.main:
-            self.publisher.serve() if self.served else self.publisher.hold()
+        if self.main and self.served:
+            self.publisher.serve()
+        elif self.main:
+            self.publisher.hold()
         return "new best, published" if self.served else f"new best, held back: worst class < {FIRST_MODEL_FLOOR}"
 
     def _report(self, trainer: Engine) -> None:
