@@ -59,20 +59,23 @@ def plot_curves(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results["datasets"])
-    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    methods = list(dict.fromkeys(row["method"] for row in results["rows"]))
+    colours = {method: f"C{index % 10}" for index, method in enumerate(methods)}  # one colour per method, every panel
+    handles = {}
+    figure, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.6), squeeze=False)
     for axis, name in zip(axes[0], names, strict=True):
         for row in (r for r in results["rows"] if r["dataset"] == name):
+            colour = colours[row["method"]]
             if row.get("curve"):
-                axis.plot(
-                    [p["minutes"] for p in row["curve"]], [p["mean"] for p in row["curve"]], "o-", label=row["title"]
-                )
+                minutes, means = [p["minutes"] for p in row["curve"]], [p["mean"] for p in row["curve"]]
+                handles.setdefault(row["title"], axis.plot(minutes, means, "o-", color=colour)[0])
             elif "served" in row or "model_alone" in row:
                 value = (row.get("served") or row["model_alone"])["mean"]
-                axis.axhline(value, linestyle="--", linewidth=1, label=row["title"], color=f"C{len(axis.lines)}")
+                handles.setdefault(row["title"], axis.axhline(value, linestyle="--", linewidth=1, color=colour))
         axis.set(title=name, xlabel="training minutes", ylabel="mean Dice", ylim=(0, 1))
         axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
+    figure.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=8)
+    figure.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 4), 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
