@@ -42,8 +42,9 @@ LOG_EVERY_SECONDS = 10.0
 # The worst class's held-out soft accuracy (lib.metrics.StrokeAccuracy, reduction "min") a run from scratch
 # asks of its first served model: the right class gets at least half the probability, on average, on the
 # held-out strokes of every class. On the demo's held-out case, the models of steps 50 to 150 scored 0.55 to
-# 0.80 on the mean but 0.05 to 0.16 on the worst class, and found no spleen on new cases; the first above
-# the floor (step 200) scored spleen Dice 0.85 on them. The mean alone lets a model through that misses a class.
+# 0.80 on the mean but 0.05 to 0.16 on the worst class (served, as before, a model of step 50 had found no
+# spleen on new cases); the first above the floor (step 200) scored spleen Dice 0.85 on them. The mean
+# alone lets a model through that misses a class.
 FIRST_MODEL_FLOOR = 0.5
 
 
