@@ -32,7 +32,8 @@ class HybridLoss:
     - pCE: :func:`partial_cross_entropy` over the stroke voxels; per modality only where that
       modality is present and has data.
     - wDiceCE: :func:`weighted_dice_ce` towards the propagated pseudo labels, each voxel weighted
-      by the propagation's confidence (lib.scribbles.propagation), mixed with the fused prediction
+      by the propagation's confidence (lib.scribbles.propagation), 0 below ``weights.pseudo_min_confidence``
+      (see LossWeights), mixed with the fused prediction
       as r(step) * ``weights.self_training`` of the target (:func:`mixed_pseudo_labels`).
     - DiceCE: :func:`dense_loss` on densely labelled samples; a dense sample is in neither pCE nor wCE.
     - A_m: :func:`local_affinity_loss` of modality m's own prediction on its own image, at the
@@ -110,6 +111,7 @@ class HybridLoss:
             total = total + w.pce * pce
 
         if w.pseudo > 0 and pseudo is not None and confidence is not None:
+            confidence = torch.where(confidence >= w.pseudo_min_confidence, confidence, 0.0)
             pseudo, confidence = mixed_pseudo_labels(output.fused, pseudo, confidence, ramp * w.self_training)
             weight = torch.where(scribbled, confidence, 0.0)
             term = weighted_dice_ce(output.fused, pseudo, weight)

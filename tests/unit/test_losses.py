@@ -12,7 +12,7 @@ from lib.losses.local_affinity import local_affinity_loss
 from lib.losses.partial_ce import dense_loss, partial_cross_entropy
 from lib.losses.pseudo import mixed_pseudo_labels, weighted_cross_entropy, weighted_dice_ce
 from lib.losses.rampup import sigmoid_rampup
-from lib.networks.cmfnet import CmFNet
+from lib.networks.cmfnet import CmFNet, CmFNetOutput
 from lib.settings import LossWeights
 
 
@@ -339,7 +339,8 @@ def test_pseudo_labels_count_only_for_scribbled_samples_and_where_the_modality_h
     dense = torch.tensor([False, True])
     loss = HybridLoss(LossWeights(pce=0, dense=0, **OFF))
     total, terms = loss(output, images, target, dense, 0, (1.0, 1.0, 1.0), pseudo, confidence)
-    weight, low_weight = confidence.clone(), low_confidence.clone()
+    floor = LossWeights().pseudo_min_confidence  # less sure pseudo labels are left out
+    weight, low_weight = (torch.where(c >= floor, c, 0.0) for c in (confidence, low_confidence))
     weight[1], low_weight[1] = 0.0, 0.0  # the dense sample has no pseudo labels
     second_weight = low_weight.clone()
     second_weight[0, :, :2] = 0.0  # no MR data there
@@ -351,6 +352,25 @@ def test_pseudo_labels_count_only_for_scribbled_samples_and_where_the_modality_h
     )
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert terms["pseudo"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_pseudo_labels_below_the_confidence_floor_get_no_gradient():
+    # no strokes, a 2x2x2 patch; the walker says class 1 everywhere, sure of it (0.9) in the first half
+    # and unsure (0.5) in the second: with the floor at 0.6 only the first half is learned from
+    logits = torch.zeros(1, 2, 2, 2, 2, requires_grad=True)
+    output = CmFNetOutput(fused=logits, per_modality=[], features=[], present=torch.ones(1, 1, dtype=torch.bool))
+    pseudo = torch.ones(1, 1, 2, 2, 2, dtype=torch.long)
+    confidence = torch.full((1, 1, 2, 2, 2), 0.9)
+    confidence[:, :, 1] = 0.5
+    target = torch.full((1, 1, 2, 2, 2), -1)
+    loss = HybridLoss(LossWeights(pce=0, dense=0, pseudo_min_confidence=0.6, **OFF))
+    dense = torch.zeros(1, dtype=torch.bool)
+    total, _ = loss(output, torch.zeros(1, 1, 2, 2, 2), target, dense, 0, (1.0,) * 3, pseudo, confidence)
+    total.backward()
+    assert logits.grad[:, :, 1].abs().sum() == 0  # the unsure half
+    assert (logits.grad[:, 1, 0] < 0).all()  # the sure half is pushed towards class 1
+    sure_half = torch.where(confidence >= 0.6, confidence, 0.0)
+    assert total.item() == pytest.approx(weighted_dice_ce(logits, pseudo, sure_half).item(), rel=1e-6)
 
 
 def test_mixed_pseudo_labels_by_hand():
@@ -370,7 +390,7 @@ def test_mixed_pseudo_labels_by_hand():
 def test_self_training_mixes_the_fused_prediction_into_the_pseudo_labels_once_ramped_up():
     net, images, target = _batch()
     output = net.forward_all(images)
-    pseudo, confidence = torch.randint(0, 3, (2, 1, 8, 8, 8)), torch.full((2, 1, 8, 8, 8), 0.5)
+    pseudo, confidence = torch.randint(0, 3, (2, 1, 8, 8, 8)), torch.full((2, 1, 8, 8, 8), 0.7)
     dense = torch.zeros(2, dtype=torch.bool)
     weights = {"pce": 0, "dense": 0, **OFF}
     walker_only = HybridLoss(LossWeights(**weights))(output, images, target, dense, 0, (1.0,) * 3, pseudo, confidence)
