@@ -7,7 +7,7 @@ scored through the product's own infer task; only the request differs.
 | `cmfnet` | the default run: CmFNet, random-walker pseudo labels, the default loss (no regularizers) |
 | `regularized` | the same with the paper's regularizers on (affinity, consistency, alignment) |
 | `self_training` | the same with pseudo labels half the walker's, half the network's own prediction (DMSPS-like) |
-| `all_pseudo` | the same with every pseudo label, however unsure the walker is (`loss.pseudo_min_confidence` 0) |
+| `confident_pseudo` | the same, pseudo labels less sure than 0.6 left out (`loss.pseudo_min_confidence`) |
 | `no_propagation` | the same, from the strokes alone (no pseudo labels) |
 | `pce` | the same network with partial cross-entropy on the strokes only |
 | `early_fusion` | one MONAI UNet with CT and MR as channels, the same recipe (`network: unet`) |
@@ -49,7 +49,10 @@ MODALITIES = ["ct", "mr"]
 OFF = {"affinity": 0.0, "consistency": 0.0, "alignment": 0.0, "pseudo": 0.0}
 TRAINED: dict[str, tuple[str, dict]] = {
     "cmfnet": ("CmFNet (default run)", {}),
-    "all_pseudo": ("CmFNet, every pseudo label (no confidence floor)", {"loss": {"pseudo_min_confidence": 0.0}}),
+    "confident_pseudo": (
+        "CmFNet, pseudo labels from confidence 0.6 only",
+        {"loss": {"pseudo_min_confidence": 0.6}},
+    ),
     "no_propagation": ("CmFNet, strokes only (no pseudo labels)", {"propagation": "none"}),
     "pce": ("CmFNet, partial CE only", {"propagation": "none", "loss": OFF}),
     "regularized": (

@@ -56,16 +56,9 @@ class LossWeights(_Settings):
     benchmarks.accuracy). Self-training is off too: on the phantoms it did not raise the Dice (the
     `self_training` method).
 
-    Pseudo labels the walker is less sure of than `pseudo_min_confidence` are left out: those lie along
-    organ boundaries, where the walker cuts into small round objects (on the training phantoms it labels
-    a third of the tumour as liver, almost all of it with confidence below 0.7), and a network taught
-    them cuts the same way on the next patient. Left out, the boundary is the network's to find from the
-    images. Phantoms (`benchmarks.accuracy`, 8 min): all pseudo labels 0.899 / 0.906 (tumour 0.77), from
-    0.6 0.913 (tumour 0.83; 0.913 again with every kept label at weight 1), from 0.7 0.911 (tumour 0.86,
-    liver down to 0.89). On the real scan, where the walker errs outwards rather than inwards, the served
-    answer stayed at 0.913 and the model alone went from 0.911 / 0.915 to 0.904. Left out: a band of one
-    voxel either side of each pseudo-label boundary (0.894), the least sure 30 % of each class's pseudo
-    labels (0.876: organs grew into the background).
+    Leaving out the pseudo labels the walker is less sure of (`pseudo_min_confidence`) is off by default:
+    it helps the phantoms' tumour, where the walker labels a third of each tumour as liver, almost all of
+    it with confidence below 0.7, but not the real scan (the `confident_pseudo` method).
     """
 
     pce: float = Field(1.0, ge=0, le=100, description="partial cross-entropy on the strokes")
@@ -78,7 +71,7 @@ class LossWeights(_Settings):
         0.0, ge=0, le=1, description="share of the network's own prediction in the pseudo labels, once ramped up"
     )
     pseudo_min_confidence: float = Field(
-        0.6, ge=0, lt=1, description="pseudo labels the propagation is less sure of than this are left out"
+        0.0, ge=0, lt=1, description="pseudo labels the propagation is less sure of than this are left out"
     )
     rampup_steps: int = Field(
         100, ge=0, le=1_000_000, description="steps over which the regularizers and self-training ramp up"
