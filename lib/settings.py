@@ -92,8 +92,10 @@ class TrainSettings(_Settings):
     modality_dropout: float = Field(
         0.2, ge=0, le=1, description="probability of hiding a companion modality from a sample"
     )
-    propagation: Literal["random_walker", "none"] = Field(
-        "random_walker", description="how strokes are expanded into pseudo labels before learning"
+    propagation: Literal["walker_appearance", "random_walker", "none"] = Field(
+        "walker_appearance",
+        description="how strokes are expanded into pseudo labels before learning: the random walker, its unsure "
+        "voxels decided by each class's appearance (lib.scribbles.appearance); the walker alone; or none",
     )
     network: Literal["cmfnet", "unet"] = Field(
         "cmfnet", description="`cmfnet`, or `unet`: one MONAI UNet with the modalities as channels (early fusion)"

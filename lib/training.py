@@ -50,12 +50,13 @@ def loading_transforms(plan: Plan, modalities: list[str], num_classes: int) -> l
     return [LoadModalitiesd(modalities, spacing=plan.spacing), LoadTargetd(num_classes)]
 
 
-def cached_training_transforms(plan: Plan, modalities: list[str], num_classes: int, propagation: bool) -> list:
-    """The deterministic part of the training data: loading, held-out strokes removed, pseudo labels."""
+def cached_training_transforms(plan: Plan, modalities: list[str], num_classes: int, propagation: str) -> list:
+    """The deterministic part of the training data: loading, held-out strokes removed, pseudo labels
+    (`propagation`: a value of TrainSettings.propagation)."""
     return [
         *loading_transforms(plan, modalities, num_classes),
         HoldOutStrokesd("train"),
-        PropagateStrokesd(num_classes, modalities[0], enabled=propagation),
+        PropagateStrokesd(num_classes, modalities[0], propagation),
     ]
 
 

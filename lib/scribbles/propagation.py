@@ -7,8 +7,9 @@ that follows the images carries each stroke out to the edges the images show (th
 - as pseudo labels for training (lib.training), weighted by how sure the walker is;
 - as the immediate answer of the scribbles task (lib.infers.scribbles).
 
-The walker (lib.scribbles.random_walk) takes every present modality as a channel; this module
-prepares its seeds and data:
+The walker (lib.scribbles.random_walk) takes every present modality as a channel, and the voxels it is
+unsure of are then decided by how each class looks in its sure voxels (lib.scribbles.appearance); this
+module prepares the seeds and data:
 
 - seeds: class strokes, background strokes, and, for a CT reference, air (below -500 HU) as
   background, since annotators never stroke the air yet it is most of a scan;
@@ -24,6 +25,7 @@ import torch
 from scipy.ndimage import distance_transform_edt
 
 from lib.scribbles import random_walk
+from lib.scribbles.appearance import refine_unsure
 from lib.transforms.grid import resize_strokes, voxel_spacing
 from lib.transforms.intensity import CT_AIR_HU, hu_to_normalized
 
@@ -41,13 +43,15 @@ def propagate(
     spacing: tuple[float, float, float],
     background_seeds: np.ndarray | None = None,
     beta: float = BETA,
+    appearance: bool = True,
 ) -> np.ndarray:
     """Class probabilities (K+1, X, Y, Z) float32, class 0 = background, from strokes.
 
     ``image``: (C, X, Y, Z) normalized channels, NaN where a channel has no data; ``strokes``:
     stored convention (0 none, 1..K class, K+1 background); ``background_seeds``: extra voxels
-    known to be background (e.g. air), used where no stroke lies. Without any stroke at all,
-    everything is background with probability 1.
+    known to be background (e.g. air), used where no stroke lies; ``appearance``: the voxels the
+    walker is unsure of decided again by the classes' appearance (lib.scribbles.appearance). Without
+    any stroke at all, everything is background with probability 1.
     """
     seeds = np.where(strokes == num_classes + 1, num_classes + 1, strokes).astype(np.int32)
     seeds[(seeds < 0) | (seeds > num_classes + 1)] = 0
@@ -58,23 +62,30 @@ def propagate(
     if len(labels) < 2:
         probabilities[0 if len(labels) == 0 or labels[0] == num_classes + 1 else labels[0]] = 1.0
         return probabilities
-    data = np.moveaxis(_fill_missing(image), 0, -1)
+    data = _fill_missing(image)
     relative_spacing = np.asarray(spacing, float) / min(spacing)
-    solved = random_walk.solve(data, seeds, beta, relative_spacing)
+    solved = random_walk.solve(np.moveaxis(data, 0, -1), seeds, beta, relative_spacing)
     for index, label in enumerate(labels):
         probabilities[0 if label == num_classes + 1 else label] = solved[index]
     probabilities = probabilities.clip(min=0.0)  # the solver's tolerance leaves small errors
-    return probabilities / probabilities.sum(axis=0, keepdims=True).clip(min=1e-6)
+    probabilities /= probabilities.sum(axis=0, keepdims=True).clip(min=1e-6)
+    if appearance:
+        probabilities = refine_unsure(probabilities, data)
+    return probabilities
 
 
-def stroke_probabilities(image, strokes: np.ndarray, num_classes: int, reference_modality: str) -> torch.Tensor:
-    """Random-walker class probabilities (K+1, working grid) of `image` (a working-grid MetaTensor, as
-    LoadModalitiesd gives) from strokes stored on the reference grid."""
+def stroke_probabilities(
+    image, strokes: np.ndarray, num_classes: int, reference_modality: str, appearance: bool = True
+) -> torch.Tensor:
+    """Propagated class probabilities (K+1, working grid) of `image` (a working-grid MetaTensor, as
+    LoadModalitiesd gives) from strokes stored on the reference grid; `appearance` as in `propagate`."""
     working = resize_strokes(
         torch.as_tensor(np.asarray(strokes).astype(np.int64))[None], image.shape[1:], num_classes + 1
     )
     air = background_seeds(image[0], reference_modality)
-    probabilities = propagate(image.numpy(), working[0].numpy(), num_classes, voxel_spacing(image.affine), air)
+    probabilities = propagate(
+        image.numpy(), working[0].numpy(), num_classes, voxel_spacing(image.affine), air, appearance=appearance
+    )
     return torch.from_numpy(probabilities)
 
 

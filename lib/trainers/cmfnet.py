@@ -169,10 +169,9 @@ class CmFNetTrainer(BasicTrainTask):
 
     def train_pre_transforms(self, context: Context):
         plan = self._plan_of(context)
-        propagation = context.request["propagation"] == "random_walker"
         k = self.label_set.num_classes
         return [
-            *cached_training_transforms(plan, self.modalities, k, propagation),
+            *cached_training_transforms(plan, self.modalities, k, context.request["propagation"]),
             *random_training_transforms(plan, k, int(context.request["batch_size"])),
         ]
 

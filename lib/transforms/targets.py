@@ -76,28 +76,37 @@ class LoadTargetd(MapTransform):
 
 
 class PropagateStrokesd(MapTransform):
-    """Adds `pseudo` (class indices) and `confidence` (0..1) from random-walker propagation of the
-    `label` strokes over the `image` (lib.scribbles.propagation); for a CT reference, air is background.
+    """Adds `pseudo` (class indices) and `confidence` (0..1) from the propagation of the `label` strokes
+    over the `image` (lib.scribbles.propagation); for a CT reference, air is background.
 
-    Dense cases and `enabled=False` get the label itself as `pseudo` and confidence 0 (no pseudo labels).
+    `method`: `walker_appearance` (the walker, then its unsure voxels decided by appearance),
+    `random_walker` (the walker alone) or `none`. Dense cases and `none` get the label itself as
+    `pseudo` and confidence 0 (no pseudo labels).
     """
 
-    def __init__(self, num_classes: int, reference_modality: str, enabled: bool = True):
+    def __init__(self, num_classes: int, reference_modality: str, method: str = "walker_appearance"):
         super().__init__(keys=["label"])
         self.num_classes = num_classes
         self.reference_modality = reference_modality
-        self.enabled = enabled
+        self.method = method
 
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         target = d["label"]
-        if not self.enabled or d.get("dense", False):
+        if self.method == "none" or d.get("dense", False):
             d["pseudo"], d["confidence"] = target.clone(), torch.zeros(target.shape, dtype=torch.float32)
             return d
         image = d["image"]
         strokes = torch.where(target == IGNORE, 0, torch.where(target == 0, self.num_classes + 1, target))[0]
         air = background_seeds(image[0], self.reference_modality)
-        probabilities = propagate(image.numpy(), strokes.numpy(), self.num_classes, voxel_spacing(image.affine), air)
+        probabilities = propagate(
+            image.numpy(),
+            strokes.numpy(),
+            self.num_classes,
+            voxel_spacing(image.affine),
+            air,
+            appearance=self.method == "walker_appearance",
+        )
         d["pseudo"] = torch.from_numpy(probabilities.argmax(axis=0))[None].long()
         d["confidence"] = torch.from_numpy(probabilities.max(axis=0))[None]
         return d
