@@ -14,7 +14,7 @@ annotator then waits until the retraining they started has ended and asks for th
 | `no_retraining` | a server with the loop's model after round 0, never retrained (strokes honoured locally) |
 | `ct_only` | the loop with `--conf modalities ct` |
 | `dense` | the loop given whole axial slices of truth, about as many voxels as the strokes, instead |
-| `random_walker`, `graphcut` | benchmarks.methods' propagation from the strokes (nothing learned) |
+| `propagation`, `random_walker`, `graphcut` | benchmarks.methods' propagation from the strokes (nothing learned) |
 
 Scores (benchmarks.accuracy's Dice): the annotated cases over the voxels the arm was not given,
 and the never-scribbled cases (phantoms only) over all voxels. Wall time is what the annotator
@@ -54,6 +54,7 @@ TITLES = {
     "no_retraining": "CmFNet, no retraining",
     "ct_only": "CmFNet loop, CT only",
     "dense": "CmFNet loop, dense slices",
+    "propagation": "walker + appearance (no learning)",
     "random_walker": "random walker (no learning)",
     "graphcut": "MONAI Label graph cut (no learning)",
 }

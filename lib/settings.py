@@ -56,10 +56,11 @@ class LossWeights(_Settings):
     benchmarks.accuracy). Self-training is off too: on the phantoms it did not raise the Dice (the
     `self_training` method).
 
-    Leaving out the pseudo labels the walker is less sure of (`pseudo_min_confidence`) is off by default:
-    from 0.6 it raised the phantoms' tumour (0.78-0.83 against 0.77; the walker labels a third of each
-    tumour as liver, almost all of it with confidence below 0.7) but neither their mean Dice nor the real
-    scan's beyond the spread of one run to the next (the `confident_pseudo` method).
+    Leaving out the pseudo labels the propagation is less sure of (`pseudo_min_confidence`) is off by
+    default. Measured with the walker alone as propagation (before lib.scribbles.appearance, which now
+    decides the walker's unsure voxels): from 0.6 it raised the phantoms' tumour (0.78-0.83 against 0.77;
+    the walker labelled a third of each tumour as liver, almost all of it with confidence below 0.7) but
+    neither their mean Dice nor the real scan's beyond the spread of one run to the next.
     """
 
     pce: float = Field(1.0, ge=0, le=100, description="partial cross-entropy on the strokes")

@@ -12,7 +12,7 @@ from benchmarks import annotator
 
 def test_the_annotator_runs_the_loop_end_to_end_and_writes_its_report(tmp_path):
     out = tmp_path / "results"
-    arms = ["loop", "no_retraining", "random_walker"]
+    arms = ["loop", "no_retraining", "propagation", "random_walker"]
     strokes = tmp_path / "strokes"
     results = annotator.main(["--smoke", "--arms", ",".join(arms), "--out", str(out), "--strokes-out", str(strokes)])
     rows = results["datasets"]["phantom"]["rows"]
