@@ -3,7 +3,7 @@
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from lib.scribbles.appearance import MIN_PRIOR, SURE, refine_unsure
+from lib.scribbles.appearance import MIN_PRIOR, MIN_SURE_VOXELS, SURE, refine_unsure
 from lib.scribbles.propagation import propagate
 
 
@@ -43,6 +43,17 @@ def test_sure_voxels_are_kept_and_unlikely_classes_get_nothing():
     np.testing.assert_array_equal(refined[:, sure], probabilities[:, sure])
     assert (probabilities[2, 6:14, :5] < MIN_PRIOR).all()
     assert (refined[2, 6:14, :5] == 0).all()  # looks like class 2's sure voxels, but the walker rules it out
+
+
+def test_a_class_with_too_few_sure_voxels_leaves_the_voxels_it_may_own_to_the_walker():
+    probabilities, image = band_case()
+    probabilities[1, 14:, :5], probabilities[0, 14:, :5] = 0.6, 0.4  # class 1 unsure where it lies...
+    probabilities[1, 19, :2, :4], probabilities[0, 19, :2, :4] = 0.95, 0.05  # ...but for 8 voxels
+    assert (probabilities[1].max(axis=(1, 2)) >= SURE).sum() == 1 and (probabilities[1] >= SURE).sum() < MIN_SURE_VOXELS
+    refined = refine_unsure(probabilities, image)
+    unsure = probabilities.max(axis=0) < SURE
+    assert unsure[6:, :5].sum() > 100
+    np.testing.assert_array_equal(refined[:, unsure], probabilities[:, unsure])
 
 
 def test_all_sure_or_all_unsure_is_left_as_is():
