@@ -4,7 +4,7 @@ Strokes alone teach a network where the strokes are, not where the organs end; a
 that follows the images carries each stroke out to the edges the images show (the `pce` and
 `random_walker` methods of benchmarks.accuracy compare the two on the same strokes). It is used twice:
 
-- as pseudo labels for training (lib.training), weighted by how sure the walker is;
+- as pseudo labels for training (lib.training), weighted by how sure the propagation is;
 - as the immediate answer of the scribbles task (lib.infers.scribbles).
 
 The walker (lib.scribbles.random_walk) takes every present modality as a channel, and the voxels it is
