@@ -7,12 +7,13 @@ in pixels. This one works on 3D volumes in millimetres, so anisotropic spacing c
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from lib.neighbours import half_window, pair_views
 
 
 def local_affinity_loss(
@@ -56,41 +57,21 @@ def local_affinity_loss(
 
     energy = probs.sum() * 0.0  # keeps the graph when no pair exists
     pairs = torch.zeros((), device=probs.device)
-    for offset in _half_window(kernel_size, dilation):
+    for offset in half_window(kernel_size, dilation):
         if any(abs(d) >= size for d, size in zip(offset, probs.shape[2:], strict=True)):
             continue
         squared_mm = sum((d * s) ** 2 for d, s in zip(offset, spacing, strict=True))
         spatial = math.exp(-squared_mm / (2 * sigma_spatial**2))
-        image_i, image_j = _pair_views(image, offset)
-        probs_i, probs_j = _pair_views(probs, offset)
+        image_i, image_j = pair_views(image, offset)
+        probs_i, probs_j = pair_views(probs, offset)
         weight = torch.exp(-((image_i - image_j) ** 2) / (2 * sigma_intensity**2)) * spatial
         cost = weight * (1.0 - (probs_i * probs_j).sum(dim=1, keepdim=True))
         if valid is None:
             energy = energy + cost.sum()
             pairs = pairs + cost.numel()
         else:
-            valid_i, valid_j = _pair_views(valid, offset)
+            valid_i, valid_j = pair_views(valid, offset)
             both = valid_i & valid_j
             energy = energy + torch.where(both, cost, 0.0).sum()
             pairs = pairs + both.sum()
     return energy / pairs.clamp(min=1)
-
-
-def _half_window(kernel_size: int, dilation: int) -> list[tuple[int, int, int]]:
-    """One offset of each +/- pair in the window (the lexicographically positive ones)."""
-    radius = range(-(kernel_size // 2), kernel_size // 2 + 1)
-    return [
-        (dz * dilation, dy * dilation, dx * dilation)
-        for dz, dy, dx in itertools.product(radius, repeat=3)
-        if (dz, dy, dx) > (0, 0, 0)
-    ]
-
-
-def _pair_views(t: Tensor, offset: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Views of ``t`` at voxels i and at i + offset, over the i for which both lie inside."""
-    first: list[slice] = [slice(None), slice(None)]
-    second: list[slice] = [slice(None), slice(None)]
-    for d, size in zip(offset, t.shape[2:], strict=True):
-        first.append(slice(max(0, -d), size - max(0, d)))
-        second.append(slice(max(0, d), size - max(0, -d)))
-    return t[tuple(first)], t[tuple(second)]

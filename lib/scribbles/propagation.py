@@ -7,9 +7,10 @@ that follows the images carries each stroke out to the edges the images show (th
 - as pseudo labels for training (lib.training), weighted by how sure the propagation is;
 - as the immediate answer of the scribbles task (lib.infers.scribbles).
 
-The walker (lib.scribbles.random_walk) takes every present modality as a channel, and the voxels it is
-unsure of are then decided by how each class looks in its sure voxels (lib.scribbles.appearance); this
-module prepares the seeds and data:
+The walker (lib.scribbles.random_walk) takes every present modality as a channel, the voxels it is
+unsure of are then decided by how each class looks in its sure voxels (lib.scribbles.appearance), and a
+mean-field CRF moves the boundaries onto the images' edges (lib.scribbles.crf); this module prepares the
+seeds and data:
 
 - seeds: class strokes, background strokes, and, for a CT reference, air (below -500 HU) as
   background, since annotators never stroke the air yet it is most of a scan;
@@ -26,6 +27,7 @@ from scipy.ndimage import distance_transform_edt
 
 from lib.scribbles import random_walk
 from lib.scribbles.appearance import refine_unsure
+from lib.scribbles.crf import mean_field
 from lib.transforms.grid import resize_strokes, voxel_spacing
 from lib.transforms.intensity import CT_AIR_HU, hu_to_normalized
 
@@ -50,7 +52,8 @@ def propagate(
     ``image``: (C, X, Y, Z) normalized channels, NaN where a channel has no data; ``strokes``:
     stored convention (0 none, 1..K class, K+1 background); ``background_seeds``: extra voxels
     known to be background (e.g. air), used where no stroke lies; ``appearance``: the voxels the
-    walker is unsure of decided again by the classes' appearance (lib.scribbles.appearance). Without
+    walker is unsure of decided again by the classes' appearance (lib.scribbles.appearance), then the
+    boundaries moved onto the images' edges (lib.scribbles.crf); seeds keep their class. Without
     any stroke at all, everything is background with probability 1.
     """
     seeds = np.where(strokes == num_classes + 1, num_classes + 1, strokes).astype(np.int32)
@@ -70,7 +73,10 @@ def propagate(
     probabilities = probabilities.clip(min=0.0)  # the solver's tolerance leaves small errors
     probabilities /= probabilities.sum(axis=0, keepdims=True).clip(min=1e-6)
     if appearance:
-        probabilities = refine_unsure(probabilities, data)
+        refined = mean_field(refine_unsure(probabilities, data), data, relative_spacing)
+        seeded = seeds > 0
+        refined[:, seeded] = probabilities[:, seeded]
+        probabilities = refined
     return probabilities
 
 
