@@ -54,7 +54,7 @@ TITLES = {
     "no_retraining": "CmFNet, no retraining",
     "ct_only": "CmFNet loop, CT only",
     "dense": "CmFNet loop, dense slices",
-    "propagation": "walker + appearance (no learning)",
+    "propagation": "walker + appearance + CRF (no learning)",
     "random_walker": "random walker (no learning)",
     "graphcut": "MONAI Label graph cut (no learning)",
 }

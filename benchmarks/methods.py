@@ -4,7 +4,7 @@ scored through the product's own infer task; only the request differs.
 
 | key | what |
 | --- | --- |
-| `cmfnet` | the default run: CmFNet, pseudo labels from the walker and appearance, the default loss (no regularizers) |
+| `cmfnet` | the default run: CmFNet, pseudo labels from the refined propagation, the default loss (no regularizers) |
 | `walker_pseudo` | the same, pseudo labels from the random walker alone (`propagation: random_walker`) |
 | `regularized` | the same with the paper's regularizers on (affinity, consistency, alignment) |
 | `self_training` | the same with pseudo labels half the walker's, half the network's own prediction (DMSPS-like) |
@@ -13,7 +13,7 @@ scored through the product's own infer task; only the request differs.
 | `pce` | the same network with partial cross-entropy on the strokes only |
 | `early_fusion` | one MONAI UNet with CT and MR as channels, the same recipe (`network: unet`) |
 | `dense` | CmFNet on the dense truth of the same cases (`final` labels): the upper bound |
-| `propagation` | our propagation from the same strokes, no learning (walker + appearance, the scribbles answer) |
+| `propagation` | our propagation from the same strokes, no learning (walker + appearance + CRF, the scribbles answer) |
 | `random_walker` | the random walker alone from the same strokes, no learning |
 | `graphcut` | MONAI Label's Histogram+GraphCut from the same strokes, no learning, one class at a time |
 | `nnunet` | nnU-Net v2 with its `ignore` label, in its own venv (benchmarks/nnunet_peer.py) |
@@ -67,7 +67,7 @@ TRAINED: dict[str, tuple[str, dict]] = {
     "dense": ("CmFNet on dense labels (upper bound)", {}),
 }
 UNTRAINED = {
-    "propagation": "Our propagation: walker + appearance (no learning)",
+    "propagation": "Our propagation: walker + appearance + CRF (no learning)",
     "random_walker": "Random walker from the strokes (no learning)",
     "graphcut": "MONAI Label Histogram+GraphCut (no learning)",
     "nnunet": "nnU-Net v2, ignore label (peer)",
@@ -132,20 +132,20 @@ def segment(model: str, dataset: Dataset, case: Case, device: str, use_strokes: 
     return np.asarray(data["pred"]).astype(np.uint8)
 
 
-def propagation(dataset: Dataset, case: Case, device: str, appearance: bool = True) -> np.ndarray:
+def propagation(dataset: Dataset, case: Case, device: str, refine: bool = True) -> np.ndarray:
     """Our propagation alone, on the working grid a plan for this image gives, as the scribbles task runs it."""
     reference = load_volume(case.image, "image")
     plan = make_plan([voxel_spacing(reference.affine)], [reference.shape[1:]], len(MODALITIES), 2)
     loaded = LoadModalitiesd(MODALITIES, spacing=plan.spacing)({"image": case.image})
     strokes = _strokes(case)
     k = len(dataset.labels)
-    probabilities = stroke_probabilities(loaded["image"], strokes, k, MODALITIES[0], appearance=appearance)
+    probabilities = stroke_probabilities(loaded["image"], strokes, k, MODALITIES[0], refine=refine)
     return keep_strokes(restore_labels(probabilities, reference.shape[1:]), strokes, k)
 
 
 def random_walker(dataset: Dataset, case: Case, device: str) -> np.ndarray:
-    """The random walker of our propagation without its appearance step: the classic baseline."""
-    return propagation(dataset, case, device, appearance=False)
+    """The random walker of our propagation without its appearance step and CRF: the classic baseline."""
+    return propagation(dataset, case, device, refine=False)
 
 
 def graphcut(dataset: Dataset, case: Case, device: str) -> np.ndarray:

@@ -93,10 +93,11 @@ class TrainSettings(_Settings):
     modality_dropout: float = Field(
         0.2, ge=0, le=1, description="probability of hiding a companion modality from a sample"
     )
-    propagation: Literal["walker_appearance", "random_walker", "none"] = Field(
-        "walker_appearance",
+    propagation: Literal["walker_refined", "random_walker", "none"] = Field(
+        "walker_refined",
         description="how strokes are expanded into pseudo labels before learning: the random walker, its unsure "
-        "voxels decided by each class's appearance (lib.scribbles.appearance); the walker alone; or none",
+        "voxels decided by each class's appearance (lib.scribbles.appearance), its boundaries moved onto the images' "
+        "edges by a CRF (lib.scribbles.crf); the walker alone; or none",
     )
     network: Literal["cmfnet", "unet"] = Field(
         "cmfnet", description="`cmfnet`, or `unet`: one MONAI UNet with the modalities as channels (early fusion)"

@@ -7,7 +7,7 @@ result has exactly the CT's shape and affine whatever its spacing or orientation
 
 A case with stored strokes (the app passes them as `strokes`) is answered with its strokes honoured:
 the model's probabilities are pooled with the propagation's from those strokes (:func:`pooled`;
-lib.scribbles.propagation: random walker, then class appearance) and every stroke is kept as drawn,
+lib.scribbles.propagation: random walker, class appearance, CRF) and every stroke is kept as drawn,
 so an annotator never gets back a result that contradicts what they drew. `{"use_strokes": false}`
 in the params asks for the model alone.
 """

@@ -3,7 +3,7 @@
 Its type is `scribbles`, which makes 3D Slicer's MONAI Label module show its Scribbles section.
 The app turns the request's labelmap into stored strokes first (lib.scribbles.request); this task
 answers with a binary mask of the selected class (1 = the class) on the reference grid: the propagation
-(random walker, then class appearance) of every stored stroke of the case (lib.scribbles.propagation),
+(random walker, class appearance, CRF) of every stored stroke of the case (lib.scribbles.propagation),
 on the working grid of the published model's plan (or of a plan for this image alone before any model
 exists), pooled with the model's probabilities when a model is published (lib.infers.cmfnet.pooled),
 and every stroke kept as drawn.
@@ -30,7 +30,7 @@ class CmFNetScribbles(CmFNetSegmentation):
     def __init__(self, **kwargs):
         super().__init__(
             type=InferType.SCRIBBLES,
-            description="Correct one class from scribbles (random walker and class appearance on CT and MR, "
+            description="Correct one class from scribbles (random walker, class appearance and CRF on CT and MR, "
             "with CmFNet's probabilities)",
             **kwargs,
         )

@@ -45,13 +45,13 @@ def propagate(
     spacing: tuple[float, float, float],
     background_seeds: np.ndarray | None = None,
     beta: float = BETA,
-    appearance: bool = True,
+    refine: bool = True,
 ) -> np.ndarray:
     """Class probabilities (K+1, X, Y, Z) float32, class 0 = background, from strokes.
 
     ``image``: (C, X, Y, Z) normalized channels, NaN where a channel has no data; ``strokes``:
     stored convention (0 none, 1..K class, K+1 background); ``background_seeds``: extra voxels
-    known to be background (e.g. air), used where no stroke lies; ``appearance``: the voxels the
+    known to be background (e.g. air), used where no stroke lies; ``refine``: the voxels the
     walker is unsure of decided again by the classes' appearance (lib.scribbles.appearance), then the
     boundaries moved onto the images' edges (lib.scribbles.crf); seeds keep their class. Without
     any stroke at all, everything is background with probability 1.
@@ -72,7 +72,7 @@ def propagate(
         probabilities[0 if label == num_classes + 1 else label] = solved[index]
     probabilities = probabilities.clip(min=0.0)  # the solver's tolerance leaves small errors
     probabilities /= probabilities.sum(axis=0, keepdims=True).clip(min=1e-6)
-    if appearance:
+    if refine:
         refined = mean_field(refine_unsure(probabilities, data), data, relative_spacing)
         seeded = seeds > 0
         refined[:, seeded] = probabilities[:, seeded]
@@ -81,7 +81,7 @@ def propagate(
 
 
 def stroke_probabilities(
-    image, strokes: np.ndarray, num_classes: int, reference_modality: str, appearance: bool = True
+    image, strokes: np.ndarray, num_classes: int, reference_modality: str, refine: bool = True
 ) -> torch.Tensor:
     """Propagated class probabilities (K+1, working grid) of `image` (a working-grid MetaTensor, as
     LoadModalitiesd gives) from strokes stored on the reference grid; `appearance` as in `propagate`."""
@@ -90,7 +90,7 @@ def stroke_probabilities(
     )
     air = background_seeds(image[0], reference_modality)
     probabilities = propagate(
-        image.numpy(), working[0].numpy(), num_classes, voxel_spacing(image.affine), air, appearance=appearance
+        image.numpy(), working[0].numpy(), num_classes, voxel_spacing(image.affine), air, refine=refine
     )
     return torch.from_numpy(probabilities)
 

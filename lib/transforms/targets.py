@@ -79,12 +79,12 @@ class PropagateStrokesd(MapTransform):
     """Adds `pseudo` (class indices) and `confidence` (0..1) from the propagation of the `label` strokes
     over the `image` (lib.scribbles.propagation); for a CT reference, air is background.
 
-    `method`: `walker_appearance` (the walker, then its unsure voxels decided by appearance),
+    `method`: `walker_refined` (the walker, its unsure voxels decided by appearance, then a CRF),
     `random_walker` (the walker alone) or `none`. Dense cases and `none` get the label itself as
     `pseudo` and confidence 0 (no pseudo labels).
     """
 
-    def __init__(self, num_classes: int, reference_modality: str, method: str = "walker_appearance"):
+    def __init__(self, num_classes: int, reference_modality: str, method: str = "walker_refined"):
         super().__init__(keys=["label"])
         self.num_classes = num_classes
         self.reference_modality = reference_modality
@@ -105,7 +105,7 @@ class PropagateStrokesd(MapTransform):
             self.num_classes,
             voxel_spacing(image.affine),
             air,
-            appearance=self.method == "walker_appearance",
+            refine=self.method == "walker_refined",
         )
         d["pseudo"] = torch.from_numpy(probabilities.argmax(axis=0))[None].long()
         d["confidence"] = torch.from_numpy(probabilities.max(axis=0))[None]

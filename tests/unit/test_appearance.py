@@ -65,7 +65,7 @@ def test_all_sure_or_all_unsure_is_left_as_is():
     np.testing.assert_array_equal(refine_unsure(all_unsure, image), all_unsure)
 
 
-def test_propagation_with_appearance_recovers_more_of_an_organ_behind_a_blurred_edge():
+def test_the_refined_propagation_recovers_more_of_an_organ_behind_a_blurred_edge():
     """A ball (class 2) in an organ (class 1): faint but sharp on the first channel (CT-like), bright but
     blurred on the second (an MR resampled from a coarser grid)."""
     rng = np.random.default_rng(0)
@@ -80,8 +80,8 @@ def test_propagation_with_appearance_recovers_more_of_an_organ_behind_a_blurred_
     strokes[(r > 12.5) & (z % 4 == 1)] = 3
     image = np.stack([ct, mr]).astype(np.float32)
 
-    def mean_dice(appearance: bool) -> float:
-        labels = propagate(image, strokes, 2, (1.0, 1.0, 1.0), appearance=appearance).argmax(axis=0)
+    def mean_dice(refine: bool) -> float:
+        labels = propagate(image, strokes, 2, (1.0, 1.0, 1.0), refine=refine).argmax(axis=0)
         return np.mean(
             [2 * ((labels == k) & (truth == k)).sum() / ((labels == k).sum() + (truth == k).sum()) for k in (1, 2)]
         )
