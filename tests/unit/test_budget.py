@@ -71,7 +71,7 @@ def run(trainer, evaluator, rb, steps=1000):
 
 
 def test_stops_at_the_step_limit_and_publishes_the_best_model_not_the_last(tmp_path):
-    trainer, evaluator = engines([0.5, 0.8, 0.8, 0.6])  # validations at steps 2, 4, 6, 8
+    trainer, evaluator = engines([FIRST_MODEL_FLOOR, 0.8, 0.8, 0.6])  # validations at steps 2, 4, 6, 8
     published = []
     rb = budget(trainer, evaluator, published, tmp_path, max_steps=8)
     run(trainer, evaluator, rb)
