@@ -73,10 +73,8 @@ def propagate(
     probabilities = probabilities.clip(min=0.0)  # the solver's tolerance leaves small errors
     probabilities /= probabilities.sum(axis=0, keepdims=True).clip(min=1e-6)
     if refine:
-        refined = mean_field(refine_unsure(probabilities, data), data, relative_spacing)
-        seeded = seeds > 0
-        refined[:, seeded] = probabilities[:, seeded]
-        probabilities = refined
+        # seeds stay one-hot: the appearance step keeps sure voxels, and the CRF keeps a class at 0 at 0
+        probabilities = mean_field(refine_unsure(probabilities, data), data, relative_spacing)
     return probabilities
 
 
@@ -84,7 +82,7 @@ def stroke_probabilities(
     image, strokes: np.ndarray, num_classes: int, reference_modality: str, refine: bool = True
 ) -> torch.Tensor:
     """Propagated class probabilities (K+1, working grid) of `image` (a working-grid MetaTensor, as
-    LoadModalitiesd gives) from strokes stored on the reference grid; `appearance` as in `propagate`."""
+    LoadModalitiesd gives) from strokes stored on the reference grid; `refine` as in `propagate`."""
     working = resize_strokes(
         torch.as_tensor(np.asarray(strokes).astype(np.int64))[None], image.shape[1:], num_classes + 1
     )
