@@ -38,11 +38,11 @@ from lib.errors import InvalidInput
 from lib.inference import build_network, sliding_window_inferer
 from lib.labels import LabelSet
 from lib.losses.hybrid import HybridLoss
-from lib.metrics import StrokeAccuracy
+from lib.metrics import StrokeAccuracy, WorstRegionDice
 from lib.model_files import Publisher, UnreadableModel, read_model
 from lib.planning import Plan, make_plan
 from lib.settings import TrainSettings
-from lib.trainers.budget import RunBudget
+from lib.trainers.budget import FIRST_MODEL_FLOORS, WORST_CLASS_ACCURACY, WORST_CLASS_DICE, RunBudget
 from lib.training import (
     cached_training_transforms,
     hybrid_step,
@@ -51,12 +51,11 @@ from lib.training import (
     weight_average,
 )
 from lib.transforms.modalities import companion_path
-from lib.transforms.targets import HoldOutStrokesd, split_cases
+from lib.transforms.targets import HoldOutStrokesd, PropagateHeldOutCased, split_cases
 
 logger = logging.getLogger(__name__)
 
 METRIC = "val_stroke_accuracy"
-WORST_CLASS_METRIC = "val_worst_class_accuracy"
 # what every process of a distributed run takes from rank 0, besides its cases
 RANK0_KEYS = ("plan", "started_at", "run_id")
 
@@ -177,7 +176,12 @@ class CmFNetTrainer(BasicTrainTask):
 
     def val_pre_transforms(self, context: Context):
         plan = self._plan_of(context)
-        return [*loading_transforms(plan, self.modalities, self.label_set.num_classes), HoldOutStrokesd("validation")]
+        k = self.label_set.num_classes
+        return [
+            *loading_transforms(plan, self.modalities, k),
+            HoldOutStrokesd("validation"),
+            PropagateHeldOutCased(k, self.modalities[0]),
+        ]
 
     def _dataset(self, context, datalist, is_train, replace_rate=0.25):
         """This process's share of the cases under DDP. Deterministic transforms cached on disk across
@@ -284,7 +288,11 @@ class CmFNetTrainer(BasicTrainTask):
             engine.network.eval()
             with torch.no_grad():
                 pred = torch.softmax(inferer(image, engine.network, present=present), dim=1)
-            return {"pred": pred, "label": batch["label"].to(engine.state.device)}
+            return {
+                "pred": pred,
+                "label": batch["label"].to(engine.state.device),
+                "regions": batch["pseudo"].to(engine.state.device),
+            }
 
         return iteration
 
@@ -301,7 +309,13 @@ class CmFNetTrainer(BasicTrainTask):
             val_data_loader=self.val_data_loader(context),
             network=context.averaged.module,
             key_val_metric={METRIC: self._stroke_accuracy("mean")},
-            additional_metrics={WORST_CLASS_METRIC: self._stroke_accuracy("min")},
+            additional_metrics={
+                WORST_CLASS_ACCURACY: self._stroke_accuracy("min"),
+                WORST_CLASS_DICE: IgniteMetricHandler(
+                    metric_fn=WorstRegionDice(self.label_set.num_classes + 1),
+                    output_transform=from_engine(["pred", "regions"]),
+                ),
+            },
             iteration_update=self.val_iteration_update(context),
         )
 
@@ -329,7 +343,7 @@ class CmFNetTrainer(BasicTrainTask):
         RunBudget(
             evaluator=context.evaluator,
             metric_name=METRIC,
-            floor_metric_name=WORST_CLASS_METRIC,
+            floors=FIRST_MODEL_FLOORS,
             publisher=Publisher(averaged, plan, self.published),
             stats_path=Path(self._stats_path),
             max_steps=int(settings["max_steps"]),

@@ -112,6 +112,19 @@ class PropagateStrokesd(MapTransform):
         return d
 
 
+class PropagateHeldOutCased(PropagateStrokesd):
+    """Validation regions: the propagation of a held-out case's strokes as `pseudo` (whole organs, for
+    lib.metrics.WorstRegionDice), IGNORE everywhere on the other items, whose held-out strokes are
+    scattered blocks that outline no region."""
+
+    def __call__(self, data: Mapping) -> dict:
+        if data.get("held_out_case", False):
+            return super().__call__(data)
+        d = dict(data)
+        d["pseudo"] = torch.full_like(d["label"], IGNORE)
+        return d
+
+
 def held_out_blocks(shape: tuple[int, ...]) -> np.ndarray:
     """Bool mask of the voxels in held-out blocks: a fixed pseudo-random 1-in-HOLD_OUT_EVERY pattern."""
     blocks = np.meshgrid(*[np.arange(n) // BLOCK for n in shape], indexing="ij")

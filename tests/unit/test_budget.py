@@ -7,23 +7,22 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from lib.trainers.budget import FIRST_MODEL_FLOOR, RunBudget
+from lib.trainers.budget import FIRST_MODEL_FLOORS, WORST_CLASS_ACCURACY, WORST_CLASS_DICE, RunBudget
 from lib.training import FINE_TUNE_WARMUP_STEPS
 
 
-def engines(scores: list[float], step_seconds: float = 0.0, worst: list[float] | None = None):
-    """A trainer whose steps take `step_seconds`, and an evaluator that reports `scores` in turn (and the
-    worst class's `worst`, when given)."""
+def engines(scores: list[float], step_seconds: float = 0.0, **floor_scores: list[float]):
+    """A trainer whose steps take `step_seconds`, and an evaluator that reports `scores` in turn as "acc"
+    (and each of `floor_scores`' lists under its name)."""
     trainer = Engine(lambda engine, batch: time.sleep(step_seconds) or {"loss": 1.0 / engine.state.iteration})
     trainer.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     evaluator = Engine(lambda engine, batch: None)
-    remaining, worst_remaining = list(scores), list(worst or [])
+    remaining = {"acc": list(scores), **{name: list(values) for name, values in floor_scores.items()}}
 
     @evaluator.on(Events.EPOCH_COMPLETED)
     def score(engine):
-        engine.state.metrics["acc"] = remaining.pop(0) if remaining else 0.0
-        if worst is not None:
-            engine.state.metrics["worst"] = worst_remaining.pop(0) if worst_remaining else 0.0
+        for name, values in remaining.items():
+            engine.state.metrics[name] = values.pop(0) if values else 0.0
 
     return trainer, evaluator
 
@@ -71,7 +70,7 @@ def run(trainer, evaluator, rb, steps=1000):
 
 
 def test_stops_at_the_step_limit_and_publishes_the_best_model_not_the_last(tmp_path):
-    trainer, evaluator = engines([FIRST_MODEL_FLOOR, 0.8, 0.8, 0.6])  # validations at steps 2, 4, 6, 8
+    trainer, evaluator = engines([0.75, 0.8, 0.8, 0.6])  # validations at steps 2, 4, 6, 8
     published = []
     rb = budget(trainer, evaluator, published, tmp_path, max_steps=8)
     run(trainer, evaluator, rb)
@@ -82,32 +81,50 @@ def test_stops_at_the_step_limit_and_publishes_the_best_model_not_the_last(tmp_p
     assert stats["best_metric"] == pytest.approx(0.8) and stats["best_step"] == 6
 
 
+ACCURACY_FLOOR, DICE_FLOOR = FIRST_MODEL_FLOORS[WORST_CLASS_ACCURACY], FIRST_MODEL_FLOORS[WORST_CLASS_DICE]
+
+
 def test_a_run_from_scratch_serves_no_model_that_misses_a_class_until_one_learns_them_all(tmp_path):
     # validations at steps 2, 4, 6, 8: the mean rises at once, the worst class reaches the floor at step 6
-    trainer, evaluator = engines([0.7, 0.9, 0.95, 0.97], worst=[0.0, 0.3, FIRST_MODEL_FLOOR, 0.9])
+    trainer, evaluator = engines([0.7, 0.9, 0.95, 0.97], worst_class_accuracy=[0.0, 0.3, ACCURACY_FLOOR, 0.9])
     published = []
-    rb = budget(trainer, evaluator, published, tmp_path, max_steps=8, floor_metric_name="worst")
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=8, floors=FIRST_MODEL_FLOORS)
     run(trainer, evaluator, rb)
-    assert published == [6, 8]
+    assert published == [6, 8]  # worst_class_dice is not measured (NaN: no held-out case): it holds nothing back
     stats = json.loads((tmp_path / "train_stats.json").read_text())
-    assert stats["worst_class_accuracy"] == pytest.approx(0.9) and stats["held_back"] is False
+    assert stats[WORST_CLASS_ACCURACY] == pytest.approx(0.9) and stats["held_back"] is False
+
+
+def test_a_first_model_must_meet_every_floor_it_can_measure(tmp_path):
+    # the held-out strokes are right from step 4 on, the regions of the held-out case only from step 8
+    trainer, evaluator = engines(
+        [0.7, 0.9, 0.95, 0.97],
+        worst_class_accuracy=[0.3, 0.9, 0.95, 0.97],
+        worst_class_dice=[0.1, DICE_FLOOR - 0.2, DICE_FLOOR - 0.01, DICE_FLOOR],
+    )
+    published = []
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=8, floors=FIRST_MODEL_FLOORS)
+    run(trainer, evaluator, rb)
+    assert published == [8]
+    stats = json.loads((tmp_path / "train_stats.json").read_text())
+    assert stats[WORST_CLASS_DICE] == pytest.approx(DICE_FLOOR) and stats["best_step"] == 8
 
 
 def test_a_run_whose_models_never_learn_every_class_publishes_its_best_at_the_end(tmp_path):
-    trainer, evaluator = engines([0.6, 0.8, 0.7], worst=[0.0, 0.2, 0.4])  # steps 2, 4, 6: the best is step 4
+    trainer, evaluator = engines([0.6, 0.8, 0.7], worst_class_accuracy=[0.0, 0.2, 0.4])  # the best is step 4
     published = []
-    rb = budget(trainer, evaluator, published, tmp_path, max_steps=6, floor_metric_name="worst")
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=6, floors=FIRST_MODEL_FLOORS)
     run(trainer, evaluator, rb)
     assert published == [("released", 4)]
 
 
 def test_a_fine_tune_is_not_held_to_the_floor(tmp_path):
-    trainer, evaluator = engines([0.5, 0.6], worst=[0.1, 0.2])  # the served model at the start, then step 2
+    trainer, evaluator = engines([0.5, 0.6], worst_class_accuracy=[0.1, 0.2])  # the served model, then step 2
     published = []
     run(
         trainer,
         evaluator,
-        budget(trainer, evaluator, published, tmp_path, max_steps=2, fine_tuning=True, floor_metric_name="worst"),
+        budget(trainer, evaluator, published, tmp_path, max_steps=2, fine_tuning=True, floors=FIRST_MODEL_FLOORS),
     )
     assert published == [2]
 

@@ -1,14 +1,22 @@
-"""Labels -> training targets, held-out strokes and the stroke-accuracy key metric."""
+"""Labels -> training targets, held-out strokes and regions, and the validation metrics."""
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 
 from lib.errors import InvalidInput
 from lib.labels import IGNORE, LabelSet
-from lib.metrics import StrokeAccuracy
-from lib.transforms.targets import CASE_SPLIT_FROM, HoldOutStrokesd, LoadTargetd, held_out_blocks, split_cases
+from lib.metrics import StrokeAccuracy, WorstRegionDice
+from lib.transforms.targets import (
+    CASE_SPLIT_FROM,
+    HoldOutStrokesd,
+    LoadTargetd,
+    PropagateHeldOutCased,
+    held_out_blocks,
+    split_cases,
+)
 
 
 def test_label_to_target_for_scribbles_and_dense_labels(tmp_path):
@@ -102,3 +110,39 @@ def test_stroke_accuracy_with_min_reduction_is_the_worst_annotated_class():
     metric = StrokeAccuracy(num_classes=3, reduction="min")
     metric(probabilities.T.reshape(1, 3, 4, 1, 1), y)
     assert metric.aggregate().item() == pytest.approx(min((0.9 + 0.3) / 2, 0.6))  # class 2 has no strokes
+
+
+def test_a_held_out_case_gets_the_regions_its_strokes_outline_and_other_items_none():
+    # two flat halves, one stroke in each: the propagation fills each half with its stroke's class
+    image = MetaTensor(torch.zeros(1, 16, 8, 8), affine=torch.diag(torch.tensor([2.0, 1.0, 1.0, 1.0])))
+    image[0, 8:] = 1.0
+    strokes = torch.full((1, 16, 8, 8), IGNORE)
+    strokes[0, 2:6, 4, 4] = 0
+    strokes[0, 10:14, 4, 4] = 1
+    regions = PropagateHeldOutCased(num_classes=1, reference_modality="mr")
+    held_out = regions({"image": image, "label": strokes, "held_out_case": True})["pseudo"]
+    expected = torch.zeros(1, 16, 8, 8, dtype=torch.long)
+    expected[0, 8:] = 1
+    assert torch.equal(held_out, expected)
+    other = regions({"image": image, "label": strokes})["pseudo"]
+    assert other.shape == strokes.shape and (other == IGNORE).all()
+
+
+def test_worst_region_dice_is_the_worst_foreground_class_over_labelled_voxels_pooled_over_items():
+    regions = torch.tensor([[[0, 1, 1, 2, 2, 2, IGNORE, IGNORE]], [[0, 0, 1, 1, 2, 2, IGNORE, IGNORE]]])
+    predicted = torch.tensor([[[0, 1, 2, 2, 2, 2, 1, 1]], [[0, 1, 1, 1, 2, 2, 0, 0]]])
+    metric = WorstRegionDice(num_classes=3)
+    metric(y_pred=predicted[:, None], y=regions[:, None])
+    # class 1: overlap 1 + 2, predicted 1 + 3 (IGNORE voxels not counted), true 2 + 2 -> 6 / 8
+    # class 2: overlap 3 + 2, predicted 4 + 2, true 3 + 2 -> 10 / 11; background does not count
+    assert metric.aggregate().item() == pytest.approx(6 / 8)
+    probabilities = torch.nn.functional.one_hot(predicted, 3).movedim(-1, 1).float()
+    metric.reset()
+    metric(y_pred=probabilities, y=regions[:, None])
+    assert metric.aggregate().item() == pytest.approx(6 / 8)  # probabilities are taken by their argmax
+
+
+def test_worst_region_dice_is_nan_without_regions():
+    metric = WorstRegionDice(num_classes=2)
+    metric(y_pred=torch.ones(1, 1, 4, dtype=torch.long), y=torch.full((1, 1, 4), IGNORE))
+    assert torch.isnan(metric.aggregate())
