@@ -7,6 +7,9 @@
 - `real_half`: the same scan with strokes on the lower half of the slices that hold an organ (along z)
   only, scored on the slices above,
   where no stroke lies: propagation cannot reach there, only a learned model can.
+- `real_partial_mr`: as `real`, but the MR covers only the upper abdomen (PARTIAL_MR_COVER of its
+  slices, about the upper 55 % of the CT): below it the CT is alone, as in a CT + MR pair whose MR was
+  planned on the liver and kidneys. Where a modality has no data, the fusion must do without it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from lib.data.scribbles import PROTOCOL, annotated_fraction, simulate_scribbles
 from lib.labels import DEMO_LABELS
 
 TRAIN_SEEDS, TEST_SEEDS = 1000, 3000
-NAMES = ("phantom", "real", "real_half")
+NAMES = ("phantom", "real", "real_half", "real_partial_mr")
+PARTIAL_MR_COVER = 0.5
 
 
 @dataclass
@@ -82,13 +86,15 @@ def _write(name: str, folder: Path, seed: int) -> None:
         if missing_reason():
             raise FileNotFoundError(missing_reason())
         labels = REAL_LABELS
-        case = make_abdomen_case(seed)
+        case = make_abdomen_case(seed, mr_cover=PARTIAL_MR_COVER if name == "real_partial_mr" else 1.0)
         cases = [("abdomen", case, "real")]
         protocol = (
-            "strokes on the scan, scored on its unstroked voxels"
-            if name == "real"
-            else "strokes on the lower half of the slices holding an organ (along z), scored on the slices above"
+            "strokes on the lower half of the slices holding an organ (along z), scored on the slices above"
+            if name == "real_half"
+            else "strokes on the scan, scored on its unstroked voxels"
         )
+        if name == "real_partial_mr":
+            protocol += f"; the MR covers the upper {PARTIAL_MR_COVER:.0%} of its own slices only"
     records, fractions = [], []
     for case_id, case, settings in cases:
         strokes = None

@@ -182,8 +182,13 @@ def coarser_grid(shape, affine: np.ndarray, spacing: float) -> tuple[tuple[int, 
     return new_shape, grid_affine(new_shape, (spacing,) * 3, directions, _center(shape, affine))
 
 
-def make_abdomen_case(seed: int = 0, ct_spacing: float | None = None, data_dir: Path = ABDOMEN_CT) -> PhantomCase:
+def make_abdomen_case(
+    seed: int = 0, ct_spacing: float | None = None, data_dir: Path = ABDOMEN_CT, mr_cover: float = 1.0
+) -> PhantomCase:
     """The real CT (optionally at a coarser isotropic `ct_spacing` in mm) with a simulated MR companion.
+
+    `mr_cover` < 1 keeps that fraction of the MR's slices, from its superior end: an MR of the upper
+    abdomen beside a CT that reaches further down, so the resampled MR has no data below its field of view.
 
     `truth` holds our classes (REAL_LABELS) on the CT grid. The MR is simulated from the native
     3 mm labels whatever `ct_spacing` is; the same seed always gives the same MR.
@@ -203,6 +208,9 @@ def make_abdomen_case(seed: int = 0, ct_spacing: float | None = None, data_dir: 
     mr = gaussian_filter(mr, sigma=0.5) * bias_field(mr_shape, rng)
     noise = rng.normal(0.0, RICIAN_SIGMA, (2, *mr_shape)).astype(np.float32)
     mr = np.sqrt((mr + noise[0]) ** 2 + noise[1] ** 2) * 1000.0
+    dropped = int(round((1.0 - mr_cover) * mr_shape[2]))  # the MR's last axis points up (RAS)
+    mr, mr_affine = mr[..., dropped:], mr_affine.copy()
+    mr_affine[:3, 3] += mr_affine[:3, 2] * dropped
 
     if ct_spacing is not None:
         shape, ct_affine = coarser_grid(ct.shape, affine, ct_spacing)
