@@ -1,6 +1,6 @@
 """Accuracy of the methods on the same strokes and the same wall-clock budget (benchmarks/README.md).
 
-    python -m benchmarks.accuracy                     # phantom, real, real_half; every method; 8 minutes each
+    python -m benchmarks.accuracy                     # every dataset and method; 8 minutes each
     python -m benchmarks.accuracy --data real --methods cmfnet,random_walker --minutes 4
     python -m benchmarks.accuracy --data phantom --methods cmfnet,dense --merge   # add to the last run
     python -m benchmarks.accuracy --smoke             # seconds: the suite runs it

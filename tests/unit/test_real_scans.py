@@ -151,3 +151,17 @@ def test_missing_folder_gives_a_reason(tmp_path):
     assert reason and "not available" in reason
     with pytest.raises(FileNotFoundError, match="not available"):
         load_abdomen(tmp_path / "nowhere")
+
+
+def test_a_partial_mr_keeps_the_upper_slices_of_the_same_mr_and_leaves_the_ct_below_without_data(native, tmp_path):
+    partial = make_abdomen_case(SEED, mr_cover=0.5)
+    kept = partial.mr.shape[2]
+    assert kept == round(0.5 * native.mr.shape[2]) and partial.mr.shape[:2] == native.mr.shape[:2]
+    np.testing.assert_array_equal(partial.mr, native.mr[..., -kept:])  # the same voxels, in the same place
+    top = np.array([0, 0, kept - 1, 1.0])
+    np.testing.assert_allclose(partial.mr_affine @ top, native.mr_affine @ (top + [0, 0, native.mr.shape[2] - kept, 0]))
+    paths = write_case(tmp_path / "studies", "abdomen", partial)
+    mr = LoadModalitiesd(["ct", "mr"])({"image": str(paths["image"])})["image"][1].numpy()
+    has_data = ~np.isnan(mr).all(axis=(0, 1))
+    assert not has_data[0] and has_data[-1]  # the CT's lowest slices have no MR, its highest do
+    assert (native.truth[..., ~has_data] == 0).all()  # below the MR there is no organ of REAL_LABELS
