@@ -48,10 +48,13 @@ LOG_EVERY_SECONDS = 10.0
 #   50, served, found no spleen on new cases.
 # - `worst_class_dice`, the worst class's Dice against the propagation of a held-out case's strokes
 #   (lib.metrics.WorstRegionDice): strokes lie inside the organs, and a model can get them right while
-#   missing an organ's extent. On the demo, models that gave the worst class 0.62-0.80 on the held-out
-#   strokes were served and scored spleen Dice 0.64-0.73 on a case without strokes, the goal being 0.7.
+#   missing an organ's extent: on the demo, models that met the strokes' floor (or one of a half) were served
+#   and scored spleen Dice 0.64-0.73 on a case without strokes, the goal being 0.7. There the models of step
+#   100 scored 0.48-0.64 on this metric and those of step 150, 0.82-0.86 (three runs). 0.7, not higher: a
+#   good model's Dice on a small or faint organ (a pancreas) is often below 0.8, and a floor it never meets
+#   keeps every model of the run back until its end.
 WORST_CLASS_ACCURACY, WORST_CLASS_DICE = "worst_class_accuracy", "worst_class_dice"
-FIRST_MODEL_FLOORS = {WORST_CLASS_ACCURACY: 0.75, WORST_CLASS_DICE: 0.8}
+FIRST_MODEL_FLOORS = {WORST_CLASS_ACCURACY: 0.75, WORST_CLASS_DICE: 0.7}
 
 
 class RunBudget:
