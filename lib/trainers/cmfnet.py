@@ -180,7 +180,7 @@ class CmFNetTrainer(BasicTrainTask):
         return [
             *loading_transforms(plan, self.modalities, k),
             HoldOutStrokesd("validation"),
-            PropagateHeldOutCased(k, self.modalities[0]),
+            PropagateHeldOutCased(k, self.modalities[0], context.request["propagation"]),
         ]
 
     def _dataset(self, context, datalist, is_train, replace_rate=0.25):

@@ -114,8 +114,8 @@ class PropagateStrokesd(MapTransform):
 
 class PropagateHeldOutCased(PropagateStrokesd):
     """Validation regions: the propagation of a held-out case's strokes as `pseudo` (whole organs, for
-    lib.metrics.WorstRegionDice), IGNORE everywhere on the other items, whose held-out strokes are
-    scattered blocks that outline no region."""
+    lib.metrics.WorstRegionDice; with `method` "none", the strokes themselves), IGNORE everywhere on the
+    other items, whose held-out strokes are scattered blocks that outline no region."""
 
     def __call__(self, data: Mapping) -> dict:
         if data.get("held_out_case", False):
