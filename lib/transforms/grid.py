@@ -8,6 +8,7 @@ updates their affine accordingly; labels and predictions have their own rules be
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -69,25 +70,40 @@ def resize_dense(label: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return torch.where(resized < 0, IGNORE, resized).to(label.dtype)
 
 
-def restore_labels(scores: torch.Tensor, shape: Sequence[int], rows_per_chunk: int = 32) -> np.ndarray:
+def restore_labels(scores: torch.Tensor, shape: Sequence[int], voxels_per_chunk: int = 1 << 21) -> np.ndarray:
     """Class labels (uint8, `shape`) of class scores (C, x, y, z) on the working grid, linearly interpolated
     onto the reference grid of `shape` (align-corners-False, the scaling that `Resize` uses), argmax per voxel.
 
-    Hand-written rather than MONAI's `Resize` + argmax because that holds C float scores for every
-    reference voxel at once (C x 52 M x 4 bytes for a 512 x 512 x 200 CT); here the interpolation is
-    separable and the last axis is done a block of rows at a time, so memory stays near the output's.
+    Hand-written rather than MONAI's `Resize` + argmax, which holds C float scores for every reference
+    voxel at once (C x 52 M x 4 bytes for a 512 x 512 x 200 CT) and took 14 s on 2 cores. A voxel's
+    interpolated scores are a convex combination of its 8 corners' on the working grid, so where the
+    corners share their argmax it is the voxel's too; only the voxels whose corners disagree (along the
+    boundaries, a few percent) are interpolated, `voxels_per_chunk` at a time.
     """
     shape = tuple(int(n) for n in shape)
     scores = scores.float()
-    scores = _interpolate_axis(_interpolate_axis(scores, 2, shape[1]), 3, shape[2])
-    low, high, weight = _linear_weights(scores.shape[1], shape[0])
-    labels = np.empty(shape, np.uint8)
-    for start in range(0, shape[0], rows_per_chunk):
-        rows = slice(start, min(start + rows_per_chunk, shape[0]))
-        w = weight[rows][None, :, None, None]
-        block = scores[:, low[rows]] * (1 - w) + scores[:, high[rows]] * w
-        labels[rows] = block.argmax(dim=0).to(torch.uint8).numpy()
-    return labels
+    corners = [_linear_weights(n_in, n_out) for n_in, n_out in zip(scores.shape[1:], shape, strict=True)]
+    lowest = highest = scores.argmax(dim=0).to(torch.uint8)
+    for axis, (low, high, _) in enumerate(corners):  # min and max over the corners, one axis at a time
+        lowest = torch.minimum(lowest.index_select(axis, low), lowest.index_select(axis, high))
+        highest = torch.maximum(highest.index_select(axis, low), highest.index_select(axis, high))
+    labels = lowest
+    for voxels in (lowest != highest).nonzero().split(voxels_per_chunk):
+        labels[tuple(voxels.T)] = _interpolated(scores, corners, voxels).argmax(dim=0).to(torch.uint8)
+    return labels.numpy()
+
+
+def _interpolated(scores: torch.Tensor, corners: list, voxels: torch.Tensor) -> torch.Tensor:
+    """Scores (C, N) linearly interpolated at the reference voxels `voxels` (N, 3): the sum over the 8
+    corners of each voxel of the corner's scores times the product of its weights along the three axes."""
+    per_axis = [
+        ((low[v], 1 - weight[v]), (high[v], weight[v]))
+        for (low, high, weight), v in zip(corners, voxels.T, strict=True)
+    ]
+    total = scores.new_zeros(scores.shape[0], len(voxels))
+    for (x, wx), (y, wy), (z, wz) in itertools.product(*per_axis):
+        total += scores[:, x, y, z] * (wx * wy * wz)
+    return total
 
 
 def _linear_weights(size_in: int, size_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,13 +112,3 @@ def _linear_weights(size_in: int, size_out: int) -> tuple[torch.Tensor, torch.Te
     low = source.floor().long()
     high = (low + 1).clamp(max=size_in - 1)
     return low, high, (source - low).float()
-
-
-def _interpolate_axis(scores: torch.Tensor, axis: int, size: int) -> torch.Tensor:
-    if scores.shape[axis] == size:
-        return scores
-    low, high, weight = _linear_weights(scores.shape[axis], size)
-    view = [1] * scores.ndim
-    view[axis] = size
-    weight = weight.view(view)
-    return scores.index_select(axis, low) * (1 - weight) + scores.index_select(axis, high) * weight
