@@ -70,25 +70,35 @@ def resize_dense(label: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return torch.where(resized < 0, IGNORE, resized).to(label.dtype)
 
 
-def restore_labels(scores: torch.Tensor, shape: Sequence[int], voxels_per_chunk: int = 1 << 21) -> np.ndarray:
+# above this share of voxels whose corners disagree (scores noisy everywhere, as an untrained model's),
+# interpolating every voxel a block of rows at a time is cheaper than gathering each one's corners
+DENSE_ABOVE = 0.3
+
+
+def restore_labels(scores: torch.Tensor, shape: Sequence[int], rows_per_chunk: int = 32) -> np.ndarray:
     """Class labels (uint8, `shape`) of class scores (C, x, y, z) on the working grid, linearly interpolated
     onto the reference grid of `shape` (align-corners-False, the scaling that `Resize` uses), argmax per voxel.
 
     Hand-written rather than MONAI's `Resize` + argmax, which holds C float scores for every reference
-    voxel at once (C x 52 M x 4 bytes for a 512 x 512 x 200 CT) and took 14 s on 2 cores. A voxel's
-    interpolated scores are a convex combination of its 8 corners' on the working grid, so where the
-    corners share their argmax it is the voxel's too; only the voxels whose corners disagree (along the
-    boundaries, a few percent) are interpolated, `voxels_per_chunk` at a time.
+    voxel at once (C x 52 M x 4 bytes for a 512 x 512 x 200 CT). A voxel's interpolated scores are a
+    convex combination of its 8 corners' on the working grid, so where the corners share their argmax it
+    is the voxel's too: only the voxels whose corners disagree (along the boundaries, a few percent of a
+    trained model's) are interpolated. Past :data:`DENSE_ABOVE` of them, every voxel is, the interpolation
+    separable and the first axis done `rows_per_chunk` rows at a time, so memory stays near the output's.
     """
     shape = tuple(int(n) for n in shape)
     scores = scores.float()
     corners = [_linear_weights(n_in, n_out) for n_in, n_out in zip(scores.shape[1:], shape, strict=True)]
     lowest = highest = scores.argmax(dim=0).to(torch.uint8)
-    for axis, (low, high, _) in enumerate(corners):  # min and max over the corners, one axis at a time
+    # min and max over the corners, one axis at a time; the last axis first, while the volume is small
+    for axis, (low, high, _) in reversed(list(enumerate(corners))):
         lowest = torch.minimum(lowest.index_select(axis, low), lowest.index_select(axis, high))
         highest = torch.maximum(highest.index_select(axis, low), highest.index_select(axis, high))
+    unsure = lowest != highest
+    if unsure.sum() > DENSE_ABOVE * unsure.numel():
+        return _dense_labels(scores, shape, corners, rows_per_chunk)
     labels = lowest
-    for voxels in (lowest != highest).nonzero().split(voxels_per_chunk):
+    for voxels in unsure.nonzero().split(rows_per_chunk * shape[1] * shape[2]):
         labels[tuple(voxels.T)] = _interpolated(scores, corners, voxels).argmax(dim=0).to(torch.uint8)
     return labels.numpy()
 
@@ -96,14 +106,32 @@ def restore_labels(scores: torch.Tensor, shape: Sequence[int], voxels_per_chunk:
 def _interpolated(scores: torch.Tensor, corners: list, voxels: torch.Tensor) -> torch.Tensor:
     """Scores (C, N) linearly interpolated at the reference voxels `voxels` (N, 3): the sum over the 8
     corners of each voxel of the corner's scores times the product of its weights along the three axes."""
+    strides = scores[0].stride()
     per_axis = [
-        ((low[v], 1 - weight[v]), (high[v], weight[v]))
-        for (low, high, weight), v in zip(corners, voxels.T, strict=True)
+        ((low[v] * stride, 1 - weight[v]), (high[v] * stride, weight[v]))
+        for (low, high, weight), v, stride in zip(corners, voxels.T, strides, strict=True)
     ]
+    flat = scores.reshape(scores.shape[0], -1)
     total = scores.new_zeros(scores.shape[0], len(voxels))
     for (x, wx), (y, wy), (z, wz) in itertools.product(*per_axis):
-        total += scores[:, x, y, z] * (wx * wy * wz)
+        total += flat[:, x + y + z] * (wx * wy * wz)
     return total
+
+
+def _dense_labels(scores: torch.Tensor, shape: tuple, corners: list, rows_per_chunk: int) -> np.ndarray:
+    """Every voxel interpolated: the last two axes at once, then the first a block of rows at a time."""
+    for axis in (2, 3):
+        low, high, weight = corners[axis - 1]
+        weight = weight.view([-1 if a == axis else 1 for a in range(4)])
+        scores = scores.index_select(axis, low) * (1 - weight) + scores.index_select(axis, high) * weight
+    low, high, weight = corners[0]
+    labels = np.empty(shape, np.uint8)
+    for start in range(0, shape[0], rows_per_chunk):
+        rows = slice(start, min(start + rows_per_chunk, shape[0]))
+        w = weight[rows][None, :, None, None]
+        block = scores[:, low[rows]] * (1 - w) + scores[:, high[rows]] * w
+        labels[rows] = block.argmax(dim=0).to(torch.uint8).numpy()
+    return labels
 
 
 def _linear_weights(size_in: int, size_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 
 from lib.labels import IGNORE
+from lib.transforms import grid
 from lib.transforms.grid import resize_dense, resize_image, resize_strokes, restore_labels, working_shape
 
 
@@ -65,7 +66,7 @@ def test_restored_labels_have_the_reference_shape_and_follow_the_scores():
     scores = torch.zeros(2, 4, 4, 4)
     scores[1, :, :, 2:] = 1.0
     scores[0, :, :, :2] = 1.0
-    labels = restore_labels(scores, (9, 10, 11), voxels_per_chunk=7)
+    labels = restore_labels(scores, (9, 10, 11), rows_per_chunk=2)
     assert labels.shape == (9, 10, 11) and labels.dtype == np.uint8
     # linear interpolation puts the boundary at the middle of the field of view
     assert (labels[:, :, :5] == 0).all() and (labels[:, :, 6:] == 1).all()
@@ -73,13 +74,15 @@ def test_restored_labels_have_the_reference_shape_and_follow_the_scores():
     np.testing.assert_array_equal(restore_labels(scores, (4, 4, 4)), scores.argmax(0).numpy())
 
 
+@pytest.mark.parametrize("dense_above", [0.0, 1.0])  # every voxel interpolated / only unsure ones
 @pytest.mark.parametrize("shape", [(13, 6, 17), (40, 33, 9)])
-def test_restored_labels_are_the_argmax_of_the_full_linear_interpolation(shape):
-    # noisy scores make most corners disagree; smooth ones only a boundary band: both must match
-    # torch's trilinear interpolation (align_corners=False) followed by argmax, voxel for voxel
+def test_restored_labels_are_the_argmax_of_the_full_linear_interpolation(shape, dense_above, monkeypatch):
+    # noisy scores make most corners disagree, smooth ones only a boundary band: either way, and by either
+    # path, the labels are torch's trilinear interpolation (align_corners=False) then argmax, voxel for voxel
+    monkeypatch.setattr(grid, "DENSE_ABOVE", dense_above)
     generator = torch.Generator().manual_seed(0)
     noisy = torch.rand(4, 7, 5, 8, generator=generator)
     smooth = torch.stack([torch.linspace(0, 1, 7)[:, None, None].expand(7, 5, 8) * k for k in (1.0, 2.0, -1.0)])
     for scores in (noisy, smooth + 0.4 * noisy[:3]):
         full = F.interpolate(scores[None], size=shape, mode="trilinear", align_corners=False)[0]
-        np.testing.assert_array_equal(restore_labels(scores, shape, voxels_per_chunk=50), full.argmax(0).numpy())
+        np.testing.assert_array_equal(restore_labels(scores, shape, rows_per_chunk=1), full.argmax(0).numpy())
