@@ -71,8 +71,10 @@ def resize_dense(label: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 
 # above this share of voxels whose corners disagree (scores noisy everywhere, as an untrained model's),
-# interpolating every voxel a block of rows at a time is cheaper than gathering each one's corners
-DENSE_ABOVE = 0.3
+# interpolating every voxel a block of rows at a time is cheaper than gathering each one's corners (5 classes
+# onto 512 x 512 x 200 on 2 cores: both near 5 s at 22 % disagreeing; dense 1.5 s faster at 30 %, 1.3 s
+# slower at 15 %)
+DENSE_ABOVE = 0.2
 
 
 def restore_labels(scores: torch.Tensor, shape: Sequence[int], rows_per_chunk: int = 32) -> np.ndarray:
@@ -89,7 +91,7 @@ def restore_labels(scores: torch.Tensor, shape: Sequence[int], rows_per_chunk: i
     shape = tuple(int(n) for n in shape)
     scores = scores.float()
     corners = [_linear_weights(n_in, n_out) for n_in, n_out in zip(scores.shape[1:], shape, strict=True)]
-    lowest = highest = scores.argmax(dim=0).to(torch.uint8)
+    lowest = highest = class_argmax(scores)
     # min and max over the corners, one axis at a time; the last axis first, while the volume is small
     for axis, (low, high, _) in reversed(list(enumerate(corners))):
         lowest = torch.minimum(lowest.index_select(axis, low), lowest.index_select(axis, high))
@@ -99,8 +101,21 @@ def restore_labels(scores: torch.Tensor, shape: Sequence[int], rows_per_chunk: i
         return _dense_labels(scores, shape, corners, rows_per_chunk)
     labels = lowest
     for voxels in unsure.nonzero().split(rows_per_chunk * shape[1] * shape[2]):
-        labels[tuple(voxels.T)] = _interpolated(scores, corners, voxels).argmax(dim=0).to(torch.uint8)
+        labels[tuple(voxels.T)] = class_argmax(_interpolated(scores, corners, voxels))
     return labels.numpy()
+
+
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """The argmax (uint8) over the first (class) axis of `scores`, the first class on ties, as torch's.
+
+    A running maximum class by class rather than `scores.argmax(dim=0)`, which on CPU reduces along the
+    slowest axis and took 11x longer (0.61 s against 0.05 s for 5 x 32 x 512 x 200 scores on 2 cores)."""
+    best = scores[0].clone()
+    labels = torch.zeros(scores.shape[1:], dtype=torch.uint8)
+    for label in range(1, scores.shape[0]):
+        labels.masked_fill_(scores[label] > best, label)
+        torch.maximum(best, scores[label], out=best)
+    return labels
 
 
 def _interpolated(scores: torch.Tensor, corners: list, voxels: torch.Tensor) -> torch.Tensor:
@@ -130,7 +145,7 @@ def _dense_labels(scores: torch.Tensor, shape: tuple, corners: list, rows_per_ch
         rows = slice(start, min(start + rows_per_chunk, shape[0]))
         w = weight[rows][None, :, None, None]
         block = scores[:, low[rows]] * (1 - w) + scores[:, high[rows]] * w
-        labels[rows] = block.argmax(dim=0).to(torch.uint8).numpy()
+        labels[rows] = class_argmax(block).numpy()
     return labels
 
 

@@ -8,7 +8,14 @@ from monai.data import MetaTensor
 
 from lib.labels import IGNORE
 from lib.transforms import grid
-from lib.transforms.grid import resize_dense, resize_image, resize_strokes, restore_labels, working_shape
+from lib.transforms.grid import (
+    class_argmax,
+    resize_dense,
+    resize_image,
+    resize_strokes,
+    restore_labels,
+    working_shape,
+)
 
 
 def oblique_affine() -> torch.Tensor:
@@ -72,6 +79,15 @@ def test_restored_labels_have_the_reference_shape_and_follow_the_scores():
     assert (labels[:, :, :5] == 0).all() and (labels[:, :, 6:] == 1).all()
     # the same grid back: argmax unchanged
     np.testing.assert_array_equal(restore_labels(scores, (4, 4, 4)), scores.argmax(0).numpy())
+
+
+def test_class_argmax_is_torchs_argmax_with_the_first_class_on_ties():
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (5, 6, 7, 4), generator=generator).float()  # many ties
+    expected = scores.argmax(dim=0)
+    labels = class_argmax(scores)
+    assert labels.dtype == torch.uint8 and (labels.long() == expected).all()
+    assert class_argmax(torch.ones(3, 2, 2, 2)).unique().tolist() == [0]
 
 
 @pytest.mark.parametrize("dense_above", [0.0, 1.0])  # every voxel interpolated / only unsure ones
