@@ -11,12 +11,12 @@ from lib.trainers.budget import FIRST_MODEL_FLOORS, WORST_CLASS_ACCURACY, WORST_
 from lib.training import FINE_TUNE_WARMUP_STEPS
 
 
-def engines(scores: list[float], step_seconds: float = 0.0, **floor_scores: list[float]):
-    """A trainer whose steps take `step_seconds`, and an evaluator that reports `scores` in turn as "acc"
-    (and each of `floor_scores`' lists under its name)."""
+def engines(scores: list[float], step_seconds: float = 0.0, validation_seconds: float = 0.0, **floor_scores):
+    """A trainer whose steps take `step_seconds`, and an evaluator (taking `validation_seconds`) that reports
+    `scores` in turn as "acc" (and each of `floor_scores`' lists under its name)."""
     trainer = Engine(lambda engine, batch: time.sleep(step_seconds) or {"loss": 1.0 / engine.state.iteration})
     trainer.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    evaluator = Engine(lambda engine, batch: None)
+    evaluator = Engine(lambda engine, batch: time.sleep(validation_seconds))
     remaining = {"acc": list(scores), **{name: list(values) for name, values in floor_scores.items()}}
 
     @evaluator.on(Events.EPOCH_COMPLETED)
@@ -108,6 +108,35 @@ def test_a_first_model_must_meet_every_floor_it_can_measure(tmp_path):
     assert published == [8]
     stats = json.loads((tmp_path / "train_stats.json").read_text())
     assert stats[WORST_CLASS_DICE] == pytest.approx(DICE_FLOOR) and stats["best_step"] == 8
+
+
+def validated_steps(rb, trainer) -> list[int]:
+    """Records the trainer's step at each of `rb`'s validations."""
+    steps = []
+    original = rb._validate
+    rb._validate = lambda engine, when: steps.append(trainer.state.iteration) or original(engine, when)
+    return steps
+
+
+def test_while_waiting_for_a_first_model_cheap_validations_run_between_the_scheduled_ones(tmp_path):
+    # scheduled at 10 and 20; validations (instant) cost nothing against 10 ms steps, so from step 10 on the run
+    # checks every step until a model meets the floor (step 12), then keeps to the schedule
+    trainer, evaluator = engines([0.5, 0.6, 0.7, 0.8], 0.01, worst_class_accuracy=[0.0, 0.3, 0.9, 0.95])
+    published = []
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=20, val_every=10, floors=FIRST_MODEL_FLOORS)
+    steps = validated_steps(rb, trainer)
+    run(trainer, evaluator, rb)
+    assert steps == [10, 11, 12, 20] and published == [12, 20]
+
+
+def test_costly_validations_keep_to_the_schedule_while_waiting_for_a_first_model(tmp_path):
+    # a validation (50 ms) would cost more than a tenth of the 10 ms steps between checks: only 10, 20, 30
+    trainer, evaluator = engines([0.5, 0.6, 0.7], 0.01, 0.05, worst_class_accuracy=[0.0, 0.3, 0.9])
+    published = []
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=30, val_every=10, floors=FIRST_MODEL_FLOORS)
+    steps = validated_steps(rb, trainer)
+    run(trainer, evaluator, rb)
+    assert steps == [10, 20, 30] and published == [30]
 
 
 def test_a_run_whose_models_never_learn_every_class_publishes_its_best_at_the_end(tmp_path):
