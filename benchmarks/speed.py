@@ -10,7 +10,8 @@
 2. `networks`: on that working grid, with the same sliding-window inferer (lib.inference), CmFNet against a
    MONAI SegResNet and a MONAI UNet of about its parameter count.
 3. `step`: one optimisation step of lib.training.hybrid_step on the plan's patch: CmFNet with the full
-   hybrid loss against the early-fusion UNet with partial cross-entropy only.
+   hybrid loss against the early-fusion UNet with partial cross-entropy only (median of `--repeats`
+   steps each, the two alternating).
 4. `server`: a real server. `POST /infer/cmfnet` on an uploaded 512 x 512 x 200 CT + MR pair, end to end;
    and `make serve`'s path on a fresh demo datastore: seconds from `/info` answering to the first
    automatically trained model, that model's Dice on a demo case without strokes, and the Dice of the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -138,7 +140,7 @@ def part_step(device: torch.device, repeats: int, preset: str) -> dict:
     real_scan = ((122, 101, 112), (3.0, 3.0, 3.0))  # the real abdominal CT at its working spacing
     plan = plan_for(*real_scan, device, preset=preset)
     batch = _batch(plan.patch_size, 2)
-    results = {}
+    runs = {}
     for name, network, weights in (
         ("cmfnet_hybrid", "cmfnet", LossWeights()),
         ("unet_pce", "unet", LossWeights(pseudo=0, affinity=0, consistency=0, alignment=0)),
@@ -146,14 +148,18 @@ def part_step(device: torch.device, repeats: int, preset: str) -> dict:
         model = build_network(plan if network == "cmfnet" else plan_for(*real_scan, device, "unet", preset))
         model.to(device)
         optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-        loss = HybridLoss(weights)
-        hybrid_step(model, optimizer, loss, batch, 1000, 0.0, device, plan.spacing)
-        times = []
-        for _ in range(repeats):
+        runs[name] = (model, optimizer, HybridLoss(weights), [])
+    # the two networks' steps alternate, so a shared machine's slower moments fall on both alike
+    for round_ in range(repeats + 1):  # round 0 warms up
+        for model, optimizer, loss, times in runs.values():
             watch = Stopwatch(device)
             hybrid_step(model, optimizer, loss, batch, 1000, 0.0, device, plan.spacing)
-            times.append(watch())
-        results[name] = {"seconds": min(times), "parameters": sum(p.numel() for p in model.parameters())}
+            if round_:
+                times.append(watch())
+    results = {
+        name: {"seconds": statistics.median(times), "parameters": sum(p.numel() for p in model.parameters())}
+        for name, (model, _, _, times) in runs.items()
+    }
     results["ratio"] = results["cmfnet_hybrid"]["seconds"] / results["unet_pce"]["seconds"]
     return {"patch": plan.patch_size, "batch": 2, **results}
 
@@ -271,7 +277,7 @@ def markdown(results: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default=",".join(PARTS))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--smoke", action="store_true", help="the step part only, once")
     parser.add_argument("--no-readme", action="store_true")
