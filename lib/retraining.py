@@ -39,11 +39,12 @@ class AutoRetrainer:
         """True when a retrain was asked for and has not started (also across a restart)."""
         return self.marker.exists()
 
-    def request(self) -> None:
-        """New annotations: train on them soon."""
+    def request(self, at_once: bool = False) -> None:
+        """New annotations: train on them soon (`delay` seconds on, to batch further saves), or `at_once`
+        (annotations stored before the server started, which no save will follow)."""
         with self._lock:
             if self._pending_since is None:
-                self._pending_since = time.monotonic()
+                self._pending_since = time.monotonic() - (self.delay if at_once else 0.0)
                 self.marker.parent.mkdir(parents=True, exist_ok=True)
                 self.marker.touch()
             if self._thread is None:

@@ -426,7 +426,7 @@ def test_a_corrupt_model_without_an_earlier_one_is_a_409_after_a_restart_until_a
         assert server.http.post("/infer/cmfnet?image=case_001&output=json").status_code == 200
 
 
-def test_a_retrain_queued_during_a_run_survives_a_restart(demo, tmp_path):
+def test_a_retrain_queued_during_a_run_survives_a_restart_and_starts_at_once(demo, tmp_path):
     studies = copy_of_demo(demo, tmp_path)
     conf = {"auto_train_delay": "0", "max_steps": "200", "val_every": "100"}
     with running_server(tmp_path, studies, conf) as first:
@@ -440,8 +440,9 @@ def test_a_retrain_queued_during_a_run_survives_a_restart(demo, tmp_path):
         response = put_label(first, "case_002", label_file(first, tmp_path, values, "case_002"))
         assert response.status_code == 200, response.text
         assert (first.app_dir / "model" / "cmfnet.pending").exists()
-    # the server stopped (and its run with it) before the queued retrain could start
-    with running_server(tmp_path, studies, conf) as second:
+    # the server stopped (and its run with it) before the queued retrain could start; after the restart it
+    # starts without waiting for further saves (an hour's delay here)
+    with running_server(tmp_path, studies, {**conf, "auto_train_delay": "3600"}) as second:
         deadline = time.monotonic() + 120
         while second.http.get("/train/", params={"all": True}).status_code != 200:
             assert time.monotonic() < deadline, "the queued retrain did not start after the restart"

@@ -151,7 +151,7 @@ class CmFNetLabelApp(MONAILabelApp):
         if due:
             logger.info(f"Annotations not yet learned by {due} (no published model, or a retrain was queued)")
             for name in due:
-                self.retrainers[name].request()
+                self.retrainers[name].request(at_once=True)
 
     def info(self):
         info = {**super().info(), "model_workers": self.model_workers.status()}
