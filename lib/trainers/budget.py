@@ -99,6 +99,7 @@ class RunBudget:
         self.served = fine_tuning  # whether this run's best is served (a fine-tune starts from the served model)
         self.holding = False  # a better model than the served one is held back (below a floor)
         self.validation_seconds = 0.0
+        self.validated_at: float | None = None  # when the last validation ended (with an evaluator)
         self.step_seconds = 0.0
         self.loss = math.nan
         self._last_log = 0.0
@@ -176,19 +177,19 @@ class RunBudget:
         """The run's progress, whether it stops now and whether it validates early (:meth:`_check_early`),
         the same in every process (lib.distributed.agreed_max)."""
         stop = step >= self.max_steps or self._out_of_time()
-        progress, stop, early = agreed_max([self.progress(step), float(stop), float(self._check_early(step))])
+        progress, stop, early = agreed_max([self.progress(step), float(stop), float(self._check_early())])
         return progress, bool(stop), bool(early)
 
-    def _check_early(self, step: int) -> bool:
+    def _check_early(self) -> bool:
         """Whether to validate before the next `val_every` step: while a run from scratch holds its models
         back for the first model's floors, as often as a validation costs at most EARLY_CHECK_SHARE of the
-        training time since the last one, so the first model that meets them is served within a few steps
-        rather than up to `val_every` later (on the demo on a slow CPU, 0.5 s validations against 1 s steps:
-        every 5 steps instead of 50). Only after the first scheduled validation, which measures its cost."""
-        if self.served or not self.floors or self.last_validated_step is None:
+        time spent training since the last one (steps, data loading and all), so the first model that meets
+        them is served within a few steps rather than up to `val_every` later (on the demo on a slow CPU,
+        0.5 s validations against 1 s steps: every 5 steps instead of 50). Only after the first scheduled
+        validation, which measures its cost."""
+        if self.served or not self.floors or self.validated_at is None:
             return False
-        steps = step - self.last_validated_step
-        return steps * self.step_seconds * EARLY_CHECK_SHARE >= self.validation_seconds
+        return (time.time() - self.validated_at) * EARLY_CHECK_SHARE >= self.validation_seconds
 
     def _out_of_time(self) -> bool:
         """True when one more step, a validation and a publication would not end within the budget."""
@@ -202,7 +203,8 @@ class RunBudget:
             return
         start = time.time()
         self.evaluator.run()
-        self.validation_seconds = time.time() - start
+        self.validated_at = time.time()
+        self.validation_seconds = self.validated_at - start
         metrics = self.evaluator.state.metrics
         score = float(metrics.get(self.metric_name, math.nan))
         self.last_score = score
