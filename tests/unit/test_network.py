@@ -133,3 +133,32 @@ def test_anisotropic_strides_keep_the_few_slices():
     assert out.fused.shape == (1, 3, 16, 16, 4)
     assert out.per_modality[0].shape == (1, 3, 4, 4, 4)  # level 1: strides (2, 2, 1) twice
     assert out.features[0].shape == (1, 32, 2, 2, 2)
+
+
+def test_the_top_level_runs_channels_last_on_the_cpu_with_the_plain_layers_results():
+    """lib.networks.cmfnet._TopLevel (a speed-up) changes neither the output, the gradients nor the weights' keys."""
+    torch.manual_seed(0)
+    top = _net(2).fused_decoder.ups[-1]
+    plain = torch.nn.Sequential(*top)
+    assert type(top).forward is not torch.nn.Sequential.forward
+    assert top.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 2 * CHANNELS[0], 8, 8, 8)  # a level's skip and the level below, concatenated
+    outputs, grads = [], []
+    for module in (top, plain):
+        module.zero_grad()
+        output = module(x)
+        (output * torch.linspace(-1, 1, output.numel()).view_as(output)).sum().backward()
+        outputs.append(output)
+        grads.append([p.grad.clone() for p in module.parameters()])
+    assert outputs[0].is_contiguous() and outputs[0].shape == (2, 3, 16, 16, 16)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    # at the scale of the largest gradient: a bias before an instance norm has a gradient of zero up to rounding
+    scale = max(g.abs().max().item() for g in grads[1])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * scale)
+    # its convolution sees a channels-last input (what makes it fast)
+    seen = []
+    hook = top[1].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    top(x)
+    hook.remove()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last_3d)
