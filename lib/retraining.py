@@ -53,13 +53,15 @@ class AutoRetrainer:
 
     def _run(self) -> None:
         while True:
-            time.sleep(POLL_SECONDS)
             with self._lock:
                 due = self._pending_since is not None and time.monotonic() - self._pending_since >= self.delay
-                if not due or training_in_progress():
-                    continue
-                self._pending_since = None
-                self.marker.unlink(missing_ok=True)
+                start = due and not training_in_progress()
+                if start:
+                    self._pending_since = None
+                    self.marker.unlink(missing_ok=True)
+            if not start:
+                time.sleep(POLL_SECONDS)
+                continue
             logger.info(f"New annotations: starting a {self.model} training run {self.params}")
             try:
                 task, detail = AsyncTask.run("train", request={"model": self.model}, params=dict(self.params))
