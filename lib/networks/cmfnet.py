@@ -72,9 +72,9 @@ class _TopLevel(nn.Sequential):
     oneDNN's backward of a 3x3x3 convolution with as few channels as classes is slow in the default layout:
     with 5 classes on a 2 x 64^3 patch its forward and backward took 0.17 s of a 0.72 s CmFNet forward and
     backward (profiled on a 2-core Xeon), 0.035 s channels-last; the whole training step went from 0.90 to
-    0.78 s. Channels-last
-    everywhere was slower than this one change (other layers lose what this one gains). Same weights and
-    state-dict keys as a plain Sequential; the output is returned in the default layout."""
+    0.78 s. Channels-last everywhere was slower than this one change (other layers lose what this one
+    gains). Same weights and state-dict keys as a plain Sequential; the output is returned in the default
+    layout."""
 
     def forward(self, x: Tensor) -> Tensor:
         upsample, convolve = self
