@@ -31,7 +31,7 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import IgniteMetricHandler, from_engine
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from lib.datastore import SCRIBBLES_TAG
 from lib.distributed import DistributedNetwork, RankSummary, from_rank0, rank_share, unwrap
@@ -367,12 +367,14 @@ class CmFNetTrainer(BasicTrainTask):
         """Publication and stats are RunBudget's (see lib.trainers.budget)."""
 
 
-def _prepare_in_parallel(datasets: list[Dataset]) -> None:
-    """Compute (or read) the cached part of every item before the run's first step, in up to PREPARE_WORKERS
-    processes: a case's propagation is single-threaded and takes seconds (2.7 s a demo case on a 2-core
-    CPU), and left to the first steps it runs one case at a time while the other cores wait. What the
-    workers compute lands in the datasets' disk caches; their items (random crops) are thrown away."""
-    items = ConcatDataset(datasets)
+def _prepare_in_parallel(datasets: list[PersistentDataset]) -> None:
+    """Compute the cached part of every item not yet in its dataset's disk cache before the run's first step,
+    in up to PREPARE_WORKERS processes: a case's propagation is single-threaded and takes seconds (2.7 s a
+    demo case on a 2-core CPU), and left to the first steps it runs one case at a time while the other cores
+    wait. What the workers compute lands in the disk caches; their items (random crops) are thrown away."""
+    items = ConcatDataset(
+        [Subset(d, [i for i, item in enumerate(d.data) if not _is_cached(d, item)]) for d in datasets]
+    )
     workers = min(len(items), torch.get_num_threads(), PREPARE_WORKERS)
     if workers < 2:
         return
@@ -384,6 +386,13 @@ def _prepare_in_parallel(datasets: list[Dataset]) -> None:
 
 def _nothing(_item) -> None:
     return None
+
+
+def _is_cached(dataset: PersistentDataset, item: dict) -> bool:
+    """Whether `item`'s cache file exists, named as PersistentDataset._cachecheck names it (MONAI has no
+    public call for this; were the naming to change, every item would be prepared again, as before)."""
+    name = dataset.hash_func(item).decode("utf-8") + dataset.transform_hash
+    return (Path(dataset.cache_dir) / f"{name}.pt").is_file()
 
 
 def _settings_of(request: dict) -> dict:

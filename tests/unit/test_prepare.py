@@ -26,6 +26,10 @@ def test_cases_are_prepared_in_parallel_processes_into_the_disk_cache(tmp_path, 
     # read back here, from the cache: computed by two other processes, not this one
     pids = {item["pid"] for item in [*train, *validation]}
     assert os.getpid() not in pids and len(pids) == 2
+    # a case added later is the only one to prepare: alone, it is left to the run (no workers read the others)
+    train.data.append({"case": "new"})
+    _prepare_in_parallel([train, validation])
+    assert train[3]["pid"] == os.getpid()
 
 
 def test_a_single_item_is_left_to_the_run(tmp_path, monkeypatch):
