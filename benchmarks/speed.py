@@ -54,7 +54,7 @@ from lib.markdown import write_between_markers
 from lib.model_files import publish_model
 from lib.planning import make_plan
 from lib.settings import LossWeights
-from lib.training import hybrid_step
+from lib.training import hybrid_step, optimizer_for
 
 PARTS = ("infer", "networks", "step", "server")
 CT_512 = ((512, 512, 200), (0.98, 0.98, 2.0))
@@ -147,7 +147,7 @@ def part_step(device: torch.device, repeats: int, preset: str) -> dict:
     ):
         model = build_network(plan if network == "cmfnet" else plan_for(*real_scan, device, "unet", preset))
         model.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+        optimizer = optimizer_for(model, 1e-3)
         runs[name] = (model, optimizer, HybridLoss(weights), [])
     # the two networks' steps alternate, so a shared machine's slower moments fall on both alike
     for round_ in range(repeats + 1):  # round 0 warms up

@@ -140,6 +140,12 @@ def with_dropout(present: torch.Tensor, p_drop: float) -> torch.Tensor:
     return present & keep
 
 
+def optimizer_for(network: torch.nn.Module, peak_learning_rate: float) -> torch.optim.AdamW:
+    """AdamW over all of the network's weights, fused: one kernel for all ~260 tensors of CmFNet instead of
+    a loop (on 2 CPU cores its step took 8-10 ms instead of 32-35 ms)."""
+    return torch.optim.AdamW(network.parameters(), lr=peak_learning_rate, weight_decay=1e-4, fused=True)
+
+
 def learning_rate(peak: float, progress: float, step: int, fine_tuning: bool) -> float:
     """nnU-Net's polynomial decay, peak * (1 - progress) ** 0.9 with progress in [0, 1]; a run that fine-tunes
     a published model ramps it up linearly over its first FINE_TUNE_WARMUP_STEPS steps (`step` counts from 1).

@@ -48,6 +48,7 @@ from lib.training import (
     cached_training_transforms,
     hybrid_step,
     loading_transforms,
+    optimizer_for,
     random_training_transforms,
     weight_average,
 )
@@ -257,7 +258,7 @@ class CmFNetTrainer(BasicTrainTask):
         return network
 
     def optimizer(self, context: Context):
-        return torch.optim.AdamW(context.network.parameters(), lr=context.request["learning_rate"], weight_decay=1e-4)
+        return optimizer_for(context.network, float(context.request["learning_rate"]))
 
     def loss_function(self, context: Context):
         return HybridLoss(TrainSettings.model_validate(_settings_of(context.request)).loss)
