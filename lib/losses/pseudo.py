@@ -33,7 +33,8 @@ def weighted_dice_ce(logits: Tensor, pseudo: Tensor, weight: Tensor) -> Tensor:
     chosen = weight.flatten(1).sum(dim=1) > 0
     if not chosen.any():
         return ce
-    logits, pseudo, weight = logits[chosen], pseudo[chosen], weight[chosen]
+    if not chosen.all():  # (indexing copies the logits, and its backward scatters their gradient back)
+        logits, pseudo, weight = logits[chosen], pseudo[chosen], weight[chosen]
     probabilities = logits.softmax(dim=1) * weight
     onehot = one_hot(pseudo.long().clamp(min=0), num_classes=logits.shape[1]) * weight
     return ce + SOFT_DICE(probabilities, onehot)
