@@ -349,6 +349,7 @@ class CmFNetTrainer(BasicTrainTask):
             evaluator=context.evaluator,
             metric_name=METRIC,
             floors=FIRST_MODEL_FLOORS,
+            iterate=network,
             publisher=Publisher(averaged, plan, self.published),
             stats_path=Path(self._stats_path),
             max_steps=int(settings["max_steps"]),

@@ -95,6 +95,25 @@ def test_a_run_from_scratch_serves_no_model_that_misses_a_class_until_one_learns
     assert stats[WORST_CLASS_ACCURACY] == pytest.approx(0.9) and stats["held_back"] is False
 
 
+def test_while_waiting_for_a_first_model_the_iterate_is_validated_and_published_then_the_average(tmp_path):
+    # validations at steps 2, 4, 6, 8: the worst class reaches the floor at step 4
+    trainer, evaluator = engines([0.7, 0.9, 0.95, 0.97], worst_class_accuracy=[0.0, ACCURACY_FLOOR, 0.9, 0.9])
+    average, iterate = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    evaluator.network = average
+    validated, served = [], []
+    evaluator.add_event_handler(Events.STARTED, lambda engine: validated.append(engine.network))
+    published = []
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=8, floors=FIRST_MODEL_FLOORS, iterate=iterate)
+    rb.publisher.network = average
+    serve = rb.publisher.serve
+    rb.publisher.serve = lambda: served.append(rb.publisher.network) or serve()
+    run(trainer, evaluator, rb)
+    assert published == [4, 6, 8]
+    assert validated == [iterate, iterate, average, average]  # the first model is the iterate's
+    assert served == [iterate, average, average]
+    assert evaluator.network is average and rb.publisher.network is average  # put back
+
+
 def test_a_first_model_must_meet_every_floor_it_can_measure(tmp_path):
     # the held-out strokes are right from step 4 on, the regions of the held-out case only from step 8
     trainer, evaluator = engines(
