@@ -213,10 +213,10 @@ def part_server(work: Path, smoke: bool) -> dict:
         results["first_model_seconds"] = watch()
         # which step it is and how long a step took: what tells fewer steps from a faster machine (the run
         # writes its stats just after the model)
-        stats = server.http.get("/info/").json()["train_stats"]["cmfnet"]
-        while stats.get("held_back", True) and watch() < 600:
+        while (stats := server.http.get("/info/").json()["train_stats"]["cmfnet"]).get("held_back", True) and (
+            watch() < 600
+        ):
             time.sleep(0.2)
-            stats = server.http.get("/info/").json()["train_stats"]["cmfnet"]
         results["first_model_step"] = stats["best_step"]
         results["seconds_per_step"] = stats["seconds_per_step"]
         case = "case_007" if not smoke else "case_002"
@@ -274,14 +274,9 @@ def markdown(results: dict) -> str:
         lines += [
             f"**Server**: `POST /infer/cmfnet` on an uploaded 512x512x200 CT + MR pair, end to end: "
             f"{r['infer_512_seconds']:.1f} s (result on the CT grid: {r['infer_512_on_ct_grid']}). Demo datastore "
-            f"with default settings: first automatic model {r['first_model_seconds']:.0f} s after `/info` answered"
-            + (
-                f" (step {r['first_model_step']}, {r['seconds_per_step']:.2f} s a step)"
-                if r.get("first_model_step") is not None
-                else ""
-            )
-            + "; "
-            f"its Dice on {r['first_model_case']} (no strokes): {dice}."
+            f"with default settings: first automatic model {r['first_model_seconds']:.0f} s after `/info` answered "
+            f"(step {r['first_model_step']}, {r['seconds_per_step']:.2f} s a step); its Dice on "
+            f"{r['first_model_case']} (no strokes): {dice}."
             + (f" The model served 2 minutes after `/info`: {served}." if served else ""),
             "",
         ]
