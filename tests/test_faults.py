@@ -269,12 +269,15 @@ def test_the_catalogue_survives_uploads_and_deletes_racing_its_file_watcher(tmp_
     datastore = CmfnetDatastore(str(studies), labels=LabelSet(DEMO_LABELS), companions=["mr"], auto_reload=True)
     errors, stop = [], threading.Event()
 
-    def reconcile():  # as the watcher does after every file event, as often as it can
+    def reconcile():  # as the watcher does after every file event, nearly all the time
         while not stop.is_set():
             try:
                 datastore.refresh()
             except Exception as error:  # noqa: BLE001 - any error here is the failure under test
                 errors.append(error)
+            # a lock is not fair: without a pause, this thread takes it back at once and the uploads wait
+            # for it for minutes
+            stop.wait(0.001)
 
     watcher = threading.Thread(target=reconcile)
     watcher.start()

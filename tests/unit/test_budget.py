@@ -138,9 +138,10 @@ def validated_steps(rb, trainer) -> list[int]:
 
 
 def test_while_waiting_for_a_first_model_cheap_validations_run_between_the_scheduled_ones(tmp_path):
-    # scheduled at 10 and 20; validations (instant) cost nothing against 10 ms steps, so from step 10 on the run
-    # checks every step until a model meets the floor (step 12), then keeps to the schedule
-    trainer, evaluator = engines([0.5, 0.6, 0.7, 0.8], 0.01, worst_class_accuracy=[0.0, 0.3, 0.9, 0.95])
+    # scheduled at 10 and 20; validations (about a millisecond) cost little against 100 ms steps (a tenth of a
+    # step is far more than a validation takes even on a busy machine), so from step 10 on the run checks every
+    # step until a model meets the floor (step 12), then keeps to the schedule
+    trainer, evaluator = engines([0.5, 0.6, 0.7, 0.8], 0.1, worst_class_accuracy=[0.0, 0.3, 0.9, 0.95])
     published = []
     rb = budget(trainer, evaluator, published, tmp_path, max_steps=20, val_every=10, floors=FIRST_MODEL_FLOORS)
     steps = validated_steps(rb, trainer)
@@ -149,8 +150,8 @@ def test_while_waiting_for_a_first_model_cheap_validations_run_between_the_sched
 
 
 def test_costly_validations_keep_to_the_schedule_while_waiting_for_a_first_model(tmp_path):
-    # a validation (50 ms) would cost more than a tenth of the 10 ms steps between checks: only 10, 20, 30
-    trainer, evaluator = engines([0.5, 0.6, 0.7], 0.01, 0.05, worst_class_accuracy=[0.0, 0.3, 0.9])
+    # a validation (200 ms) would cost more than a tenth of the 10 ms steps between checks: only 10, 20, 30
+    trainer, evaluator = engines([0.5, 0.6, 0.7], 0.01, 0.2, worst_class_accuracy=[0.0, 0.3, 0.9])
     published = []
     rb = budget(trainer, evaluator, published, tmp_path, max_steps=30, val_every=10, floors=FIRST_MODEL_FLOORS)
     steps = validated_steps(rb, trainer)
