@@ -15,13 +15,14 @@ class StrokeAccuracy(CumulativeIterationMetric):
     where nothing is annotated. On held-out strokes it tells whether the model generalizes from the
     strokes it trained on. Probabilities rather than argmax because a few hundred held-out voxels are
     all right early in a run: a hard accuracy then stays at 1.0, and a later, better model cannot beat it.
-    `reduction="min"` gives the worst class's instead of the mean over classes.
+    `reduction="min"` gives the worst class's instead of the mean over classes, `"none"` each class's
+    (NaN for a class without annotations).
     """
 
     def __init__(self, num_classes: int, reduction: str = "mean"):
         super().__init__()
-        if reduction not in ("mean", "min"):
-            raise ValueError(f"reduction must be 'mean' or 'min', got {reduction!r}")
+        if reduction not in ("mean", "min", "none"):
+            raise ValueError(f"reduction must be 'mean', 'min' or 'none', got {reduction!r}")
         self.num_classes = num_classes
         self.reduction = reduction
 
@@ -42,6 +43,8 @@ class StrokeAccuracy(CumulativeIterationMetric):
     def aggregate(self) -> torch.Tensor:
         hits, totals = self.get_buffer().sum(0)
         annotated = totals > 0
+        if self.reduction == "none":
+            return torch.where(annotated, hits / totals.clamp(min=1), torch.nan)
         if not annotated.any():
             return torch.tensor(0.0)
         per_class = hits[annotated] / totals[annotated]

@@ -63,6 +63,9 @@ def test_training_stops_at_its_step_limit_publishes_and_reports(trained):
     assert stats["worst_class_dice"] is None
     assert stats["plan"]["num_classes"] == len(DEMO_LABELS) + 1
     assert task["plan"] == stats["plan"]
+    # each class's held-out accuracy by name: which class holds a first model back
+    logged = [line for line in server.log.read_text().splitlines() if "Held-out stroke accuracy by class:" in line]
+    assert logged and all(f" {name} " in logged[-1] for name in ["background", *DEMO_LABELS])
 
 
 def test_training_stops_at_its_time_limit(trained):

@@ -112,6 +112,15 @@ def test_stroke_accuracy_with_min_reduction_is_the_worst_annotated_class():
     assert metric.aggregate().item() == pytest.approx(min((0.9 + 0.3) / 2, 0.6))  # class 2 has no strokes
 
 
+def test_stroke_accuracy_without_reduction_is_each_classs_and_nan_without_strokes():
+    y = torch.tensor([0, 0, 1, IGNORE]).reshape(1, 1, 4, 1, 1)
+    probabilities = torch.tensor([[0.9, 0.1, 0.0], [0.3, 0.2, 0.5], [0.4, 0.6, 0.0], [0.0, 0.0, 1.0]])
+    metric = StrokeAccuracy(num_classes=3, reduction="none")
+    metric(probabilities.T.reshape(1, 3, 4, 1, 1), y)
+    accuracy = metric.aggregate()
+    assert accuracy[:2].tolist() == pytest.approx([(0.9 + 0.3) / 2, 0.6]) and accuracy[2].isnan()
+
+
 def test_a_held_out_case_gets_the_regions_its_strokes_outline_and_other_items_none():
     # two flat halves, one stroke in each: the propagation fills each half with its stroke's class
     image = MetaTensor(torch.zeros(1, 16, 8, 8), affine=torch.diag(torch.tensor([2.0, 1.0, 1.0, 1.0])))
