@@ -236,14 +236,19 @@ class RunBudget:
         score = float(metrics.get(self.metric_name, math.nan))
         self.last_score = score
         self.last_floor_scores = {name: float(metrics.get(name, math.nan)) for name in self.floors}
+        # NaN (not measured) is never below a floor
+        short = [f"{name} < {floor}" for name, floor in self.floors.items() if self.last_floor_scores[name] < floor]
         # a tie publishes the newer model: it trained longer (a small held-out set is often perfect early)
         improved = math.isfinite(score) and (self.best is None or score >= self.best)
+        # the first model that meets the floors is served even if one held back before it scored higher: that
+        # one missed a floor, and beating its score first could take the run many more steps
+        first_to_meet = math.isfinite(score) and not self.served and not short
         outcome = f"best {self.best:.4f}" if self.best is not None else "no score"
-        if improved:
+        if improved or first_to_meet:
             self.best, self.best_step = score, step
             outcome = "the score to beat"
             if step > 0 or not self.fine_tuning:  # the published model needs no publishing
-                outcome = self._publish()
+                outcome = self._publish(short) + ("" if improved else ", the first to meet the floors")
         if self.main:
             logger.info(
                 f"Validation at {when}: held-out stroke accuracy {score:.4f}"
@@ -251,10 +256,9 @@ class RunBudget:
                 + f" ({outcome}); {self.validation_seconds:.1f} s"
             )
 
-    def _publish(self) -> str:
-        """Serve the new best model, or hold it back while a run from scratch has not met the floors."""
-        # NaN (not measured) is never below a floor
-        short = [f"{name} < {floor}" for name, floor in self.floors.items() if self.last_floor_scores[name] < floor]
+    def _publish(self, short: list[str]) -> str:
+        """Serve the new best model, or hold it back while a run from scratch has not met the floors (`short`
+        says which it misses)."""
         self.served = self.served or not short
         self.holding = not self.served
         if self.main and self.served:

@@ -11,9 +11,13 @@ from lib.trainers.budget import FIRST_MODEL_FLOORS, WORST_CLASS_ACCURACY, WORST_
 from lib.training import FINE_TUNE_WARMUP_STEPS
 
 
-def engines(scores: list[float], step_seconds: float = 0.0, validation_seconds: float = 0.0, **floor_scores):
+def engines(scores: list[float], step_seconds: float = 0.0, validation_seconds: float = 0.02, **floor_scores):
     """A trainer whose steps take `step_seconds`, and an evaluator (taking `validation_seconds`) that reports
-    `scores` in turn as "acc" (and each of `floor_scores`' lists under its name)."""
+    `scores` in turn as "acc" (and each of `floor_scores`' lists under its name).
+
+    Validations cost 20 ms by default: against instant steps, a run that waits for a first model then checks
+    early (RunBudget._check_early) only after a 0.2 s pause, which no test's steps take; with a validation
+    of about nothing, a pause of a few milliseconds (a busy machine) added a check that took the next score."""
     trainer = Engine(lambda engine, batch: time.sleep(step_seconds) or {"loss": 1.0 / engine.state.iteration})
     trainer.optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     evaluator = Engine(lambda engine, batch: time.sleep(validation_seconds))
@@ -114,6 +118,19 @@ def test_while_waiting_for_a_first_model_the_iterate_is_validated_and_published_
     assert evaluator.network is average and rb.publisher.network is average  # put back
 
 
+def test_the_first_model_to_meet_the_floors_is_served_though_one_held_back_before_it_scored_higher(tmp_path):
+    # validations at steps 2, 4, 6: step 2 scores highest but misses the Dice floor, step 4 is the first to meet it
+    trainer, evaluator = engines(
+        [0.9, 0.8, 0.85], worst_class_accuracy=[0.9, 0.9, 0.9], worst_class_dice=[0.5, DICE_FLOOR, 0.9]
+    )
+    published = []
+    rb = budget(trainer, evaluator, published, tmp_path, max_steps=6, floors=FIRST_MODEL_FLOORS)
+    run(trainer, evaluator, rb)
+    assert published == [4, 6]  # then the bar is the served model's 0.8, which step 6 beats
+    stats = json.loads((tmp_path / "train_stats.json").read_text())
+    assert stats["best_step"] == 6 and stats["held_back"] is False
+
+
 def test_a_first_model_must_meet_every_floor_it_can_measure(tmp_path):
     # the held-out strokes are right from step 4 on, the regions of the held-out case only from step 8
     trainer, evaluator = engines(
@@ -141,7 +158,7 @@ def test_while_waiting_for_a_first_model_cheap_validations_run_between_the_sched
     # scheduled at 10 and 20; validations (about a millisecond) cost little against 100 ms steps (a tenth of a
     # step is far more than a validation takes even on a busy machine), so from step 10 on the run checks every
     # step until a model meets the floor (step 12), then keeps to the schedule
-    trainer, evaluator = engines([0.5, 0.6, 0.7, 0.8], 0.1, worst_class_accuracy=[0.0, 0.3, 0.9, 0.95])
+    trainer, evaluator = engines([0.5, 0.6, 0.7, 0.8], 0.1, 0.0, worst_class_accuracy=[0.0, 0.3, 0.9, 0.95])
     published = []
     rb = budget(trainer, evaluator, published, tmp_path, max_steps=20, val_every=10, floors=FIRST_MODEL_FLOORS)
     steps = validated_steps(rb, trainer)
