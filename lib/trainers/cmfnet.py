@@ -324,14 +324,14 @@ class CmFNetTrainer(BasicTrainTask):
             },
             iteration_update=self.val_iteration_update(context),
         )
-        if context.local_rank == 0:
-            self._log_accuracy_by_class(evaluator)
+        self._log_accuracy_by_class(evaluator, main=context.local_rank == 0)
         return evaluator
 
-    def _log_accuracy_by_class(self, evaluator: SupervisedEvaluator) -> None:
+    def _log_accuracy_by_class(self, evaluator: SupervisedEvaluator, main: bool) -> None:
         """After every validation, each class's held-out stroke accuracy by name in the log: which class
         holds a first model back (a small one, a tumour on the demo, is usually the last to be learned).
-        Logged rather than an engine metric: MONAI's stats, TensorBoard and MLflow handlers take scalars."""
+        Logged rather than an engine metric: MONAI's stats, TensorBoard and MLflow handlers take scalars.
+        Every process computes it (under DDP the metric gathers every rank's strokes); the main one logs."""
         names = ["background", *sorted(self.label_set.classes, key=self.label_set.classes.get)]
         metric = StrokeAccuracy(len(names), "none")
         outputs = from_engine(["pred", "label"])
@@ -341,8 +341,9 @@ class CmFNetTrainer(BasicTrainTask):
         @evaluator.on(Events.EPOCH_COMPLETED)
         def log(_):
             accuracy = metric.aggregate().tolist()
-            listed = ", ".join(f"{name} {value:.2f}" for name, value in zip(names, accuracy, strict=True))
-            logger.info(f"Held-out stroke accuracy by class: {listed}")
+            if main:
+                listed = ", ".join(f"{name} {value:.2f}" for name, value in zip(names, accuracy, strict=True))
+                logger.info(f"Held-out stroke accuracy by class: {listed}")
 
     def _stroke_accuracy(self, reduction: str) -> IgniteMetricHandler:
         return IgniteMetricHandler(
