@@ -51,6 +51,11 @@ class LabelSet:
         return len(self.classes)
 
     @property
+    def names(self) -> list[str]:
+        """The class names in id order (id 1 first)."""
+        return sorted(self.classes, key=self.classes.get)
+
+    @property
     def background_scribble(self) -> int:
         """The stored value of a background stroke: K+1."""
         return self.num_classes + 1

@@ -88,7 +88,7 @@ class CmFNetLabelApp(MONAILabelApp):
             version="0.1.0",
             # names in id order, as MONAI Label's own apps list them: OHIF's panel appends to this list
             # (a name -> id map breaks it); each model's "labels" in /info keeps the name -> id map
-            labels=sorted(self.label_set.classes, key=self.label_set.classes.get),
+            labels=self.label_set.names,
         )
 
     def init_datastore(self):

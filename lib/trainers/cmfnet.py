@@ -332,7 +332,7 @@ class CmFNetTrainer(BasicTrainTask):
         holds a first model back (a small one, a tumour on the demo, is usually the last to be learned).
         Logged rather than an engine metric: MONAI's stats, TensorBoard and MLflow handlers take scalars.
         Every process computes it (under DDP the metric gathers every rank's strokes); the main one logs."""
-        names = ["background", *sorted(self.label_set.classes, key=self.label_set.classes.get)]
+        names = ["background", *self.label_set.names]
         metric = StrokeAccuracy(len(names), "none")
         outputs = from_engine(["pred", "label"])
         evaluator.add_event_handler(Events.EPOCH_STARTED, lambda _: metric.reset())

@@ -98,6 +98,7 @@ def test_stroke_accuracy_of_probabilities_is_the_mean_probability_of_each_annota
 
 def test_label_set_parses_conf_and_rejects_bad_ids():
     assert LabelSet.parse('{"liver":1,"spleen":2}').classes == {"liver": 1, "spleen": 2}
+    assert LabelSet.parse('{"spleen":2,"tumour":3,"liver":1}').names == ["liver", "spleen", "tumour"]  # id order
     with pytest.raises(ValueError, match="1..K"):
         LabelSet({"liver": 1, "spleen": 3})
     with pytest.raises(ValueError, match="JSON"):
