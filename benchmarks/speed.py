@@ -17,7 +17,7 @@
    automatically trained model, that model's Dice on a demo case without strokes, and the Dice of the
    model served 2 minutes after `/info` answered (a later one may have replaced the first by then).
 
-Writes results/speed.{json,md} and the README's `speed` section.
+Writes results/speed.{json,md} (and the demo server's log, speed_server.log) and the README's `speed` section.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -178,7 +179,8 @@ def _batch(patch, size: int) -> dict:
     }
 
 
-def part_server(work: Path, smoke: bool) -> dict:
+def part_server(work: Path, smoke: bool, out: Path) -> dict:
+    """`out` keeps the demo server's log (speed_server.log): why a first model came late."""
     results = {}
     studies = work / "upload" / "studies"
     studies.mkdir(parents=True)
@@ -226,6 +228,8 @@ def part_server(work: Path, smoke: bool) -> dict:
         # what a user sees two minutes after start: the model served then (a later one may have replaced the first)
         time.sleep(max(0.0, (SERVED_AFTER_SECONDS if not smoke else 0.0) - watch()))
         results["served_at_2_minutes_dice"] = _dice(np.asarray(server.infer_label(case).dataobj), truth)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(server.log, out / "speed_server.log")
     return results
 
 
@@ -309,7 +313,7 @@ def main(argv=None):
             elif part == "step":
                 results[part] = part_step(device, repeats, args.preset)
             elif part == "server":
-                results[part] = part_server(work, args.smoke)
+                results[part] = part_server(work, args.smoke, args.out)
     text = markdown(results)
     write_results("speed_smoke" if args.smoke else "speed", results, text, args.out)
     if not args.smoke and not args.no_readme:

@@ -101,6 +101,7 @@ def hybrid_step(
     modality_dropout: float,
     device: torch.device,
     spacing: Sequence[float],
+    balanced_strokes: bool = False,
 ) -> tuple[CmFNetOutput, torch.Tensor, dict[str, float]]:
     """One optimisation step on a collated batch of training patches (mixed precision: lib.precision).
 
@@ -131,6 +132,7 @@ def hybrid_step(
         spacing=spacing,
         pseudo=batch["pseudo"].to(device),
         confidence=batch["confidence"].to(device),
+        balanced_strokes=balanced_strokes,
     )
     precision.backward_and_step(loss, optimizer)
     return output, loss, terms

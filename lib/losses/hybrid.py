@@ -30,7 +30,8 @@ class HybridLoss:
               + r(step) * (affinity * sum_m A_m + consistency * KL + alignment * F)
 
     - pCE: :func:`partial_cross_entropy` over the stroke voxels; per modality only where that
-      modality is present and has data.
+      modality is present and has data. Class-balanced on request (``balanced_strokes``): the train task
+      asks for it while a run from scratch waits for its first model (lib.trainers.budget).
     - wDiceCE: :func:`weighted_dice_ce` towards the propagated pseudo labels, each voxel weighted
       by the propagation's confidence (lib.scribbles.propagation), 0 below ``weights.pseudo_min_confidence``
       (see LossWeights), mixed with the fused prediction
@@ -73,13 +74,15 @@ class HybridLoss:
         spacing: Sequence[float],
         pseudo: Tensor | None = None,
         confidence: Tensor | None = None,
+        balanced_strokes: bool = False,
     ) -> tuple[Tensor, dict[str, float]]:
         """Total loss and the unweighted value of each computed term (plus ``rampup`` and ``total``).
 
         ``images``: (B, M, D, H, W), NaN where a modality has no data; ``target``: (B, 1, D, H, W)
         long, IGNORE where not annotated; ``dense``: (B,) bool, samples whose target is a dense label;
         ``spacing``: mm per spatial axis of the images; ``pseudo``/``confidence``: (B, 1, D, H, W)
-        propagated labels and their weights (0 = none).
+        propagated labels and their weights (0 = none); ``balanced_strokes``: class-balanced pCE
+        (:func:`partial_cross_entropy`).
         """
         w = self.weights
         present = output.present
@@ -102,11 +105,13 @@ class HybridLoss:
 
         if w.pce > 0:
             strokes = torch.where(scribbled, target, IGNORE)
-            pce = partial_cross_entropy(output.fused, strokes, IGNORE)
+            pce = partial_cross_entropy(output.fused, strokes, IGNORE, balanced_strokes)
             if per_modality:
                 low_strokes = torch.where(scribbled, low_target, IGNORE)
                 for logits, ok in zip(per_modality, usable, strict=True):
-                    pce = pce + partial_cross_entropy(logits, torch.where(ok, low_strokes, IGNORE), IGNORE)
+                    pce = pce + partial_cross_entropy(
+                        logits, torch.where(ok, low_strokes, IGNORE), IGNORE, balanced_strokes
+                    )
             terms["pce"] = pce
             total = total + w.pce * pce
 

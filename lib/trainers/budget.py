@@ -113,6 +113,11 @@ class RunBudget:
         self._steps_timed = 0
         self._progress = 0.0  # of the run when the next step starts, agreed by all processes
 
+    @property
+    def waiting_for_first_model(self) -> bool:
+        """Whether this run from scratch has not yet served a model (it holds them back for the floors)."""
+        return not self.served and bool(self.floors)
+
     def attach(self, trainer: Engine) -> None:
         trainer.add_event_handler(Events.STARTED, self._started)
         trainer.add_event_handler(Events.ITERATION_STARTED, self._set_learning_rate)

@@ -279,6 +279,7 @@ class CmFNetTrainer(BasicTrainTask):
                 p_drop,
                 engine.state.device,
                 spacing,
+                balanced_strokes=context.budget.waiting_for_first_model,
             )
             context.averaged.update_parameters(unwrap(engine.network))
             return {"loss": loss.item(), **terms}
@@ -366,7 +367,7 @@ class CmFNetTrainer(BasicTrainTask):
         plan = self._plan_of(context)
         network = unwrap(context.network)
         averaged = context.averaged.module
-        RunBudget(
+        context.budget = RunBudget(
             evaluator=context.evaluator,
             metric_name=METRIC,
             floors=FIRST_MODEL_FLOORS,
@@ -381,7 +382,8 @@ class CmFNetTrainer(BasicTrainTask):
             fine_tuning=context.fine_tuning,
             details={"run_id": context.run_id, "plan": plan.to_json(), "fine_tuning": context.fine_tuning},
             main=context.local_rank == 0,
-        ).attach(trainer)
+        )
+        context.budget.attach(trainer)
         if context.multi_gpu:
             RankSummary(network, context.local_rank, context.world_size).attach(trainer)
         return trainer

@@ -131,6 +131,20 @@ def test_the_first_model_to_meet_the_floors_is_served_though_one_held_back_befor
     assert stats["best_step"] == 6 and stats["held_back"] is False
 
 
+def test_a_run_from_scratch_waits_for_its_first_model_until_one_is_served(tmp_path):
+    # validations at steps 2 and 4: the worst class reaches the floor at step 4
+    trainer, evaluator = engines([0.7, 0.9], worst_class_accuracy=[0.3, ACCURACY_FLOOR])
+    rb = budget(trainer, evaluator, [], tmp_path, max_steps=6, floors=FIRST_MODEL_FLOORS)
+    waiting = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda _: waiting.append(rb.waiting_for_first_model))
+    run(trainer, evaluator, rb)
+    assert waiting == [True, True, True, True, False, False]
+    for fine_tuning, floors in ((True, FIRST_MODEL_FLOORS), (False, None)):  # served from the start; no floors
+        assert not budget(
+            trainer, evaluator, [], tmp_path, fine_tuning=fine_tuning, floors=floors
+        ).waiting_for_first_model
+
+
 def test_a_first_model_must_meet_every_floor_it_can_measure(tmp_path):
     # the held-out strokes are right from step 4 on, the regions of the held-out case only from step 8
     trainer, evaluator = engines(

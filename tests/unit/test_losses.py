@@ -53,6 +53,20 @@ def test_partial_ce_matches_hand_value_and_ignores_unannotated_voxels():
     assert torch.all(grad[:, :2] != 0)
 
 
+def test_balanced_partial_ce_gives_each_annotated_class_the_same_say_whatever_its_number_of_voxels():
+    # 2 classes; voxels 0-2 annotated class 0, voxel 3 class 1
+    logits = torch.tensor([[2.0, 0.0, 1.0, 3.0], [0.0, 1.0, 1.0, -1.0]]).reshape(1, 2, 1, 1, 4)
+    target = torch.tensor([0, 0, 0, 1]).reshape(1, 1, 1, 1, 4)
+    ce = [math.log(1 + math.exp(-2)), math.log(1 + math.exp(1)), math.log(2), math.log(1 + math.exp(4))]
+    assert partial_cross_entropy(logits, target).item() == pytest.approx(sum(ce) / 4, abs=1e-6)
+    balanced = ((ce[0] + ce[1] + ce[2]) / 3 + ce[3]) / 2
+    assert partial_cross_entropy(logits, target, balanced=True).item() == pytest.approx(balanced, abs=1e-6)
+    # unannotated voxels count in neither
+    target[0, 0, 0, 0, 1] = -1
+    balanced = ((ce[0] + ce[2]) / 2 + ce[3]) / 2
+    assert partial_cross_entropy(logits, target, balanced=True).item() == pytest.approx(balanced, abs=1e-6)
+
+
 def test_partial_ce_accepts_target_without_channel_axis():
     logits, target = _four_voxels()
     assert partial_cross_entropy(logits, target[:, 0]).item() == partial_cross_entropy(logits, target).item()
@@ -433,6 +447,10 @@ def test_hybrid_loss_uses_dice_ce_for_densely_labelled_samples_only():
     assert terms["pce"] == pytest.approx(pce.item(), rel=1e-5)
     assert terms["dense"] == pytest.approx(dice_ce.item(), rel=1e-5)
     assert total.item() == pytest.approx(pce.item() + 0.5 * dice_ce.item(), rel=1e-5)
+    # class-balanced strokes on request, for every output
+    _, terms = supervised(output, images, target, dense, 0, (1.0, 1.0, 1.0), balanced_strokes=True)
+    balanced = sum(partial_cross_entropy(logits[:1], labels[:1], balanced=True) for logits, labels in pairs)
+    assert terms["pce"] == pytest.approx(balanced.item(), rel=1e-5) and balanced.item() != pytest.approx(pce.item())
 
 
 def test_dense_loss_over_labelled_voxels_equals_the_loss_of_the_labelled_part_alone():
