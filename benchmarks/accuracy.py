@@ -100,7 +100,7 @@ def run_method(key: str, dataset: datasets.Dataset, args, device) -> dict | None
             for s in _spread(trained["snapshots"], args.curve_points)
         ]
         row["model_alone"] = score(dataset, _segmenter(trained["model"], dataset, device, False))
-        if dataset.name == "real":  # what /infer answers on a stroked case: its strokes honoured
+        if dataset.name in datasets.SERVED_ON_STROKED_CASE:  # what /infer answers there: its strokes honoured
             row["served"] = score(dataset, _segmenter(trained["model"], dataset, device, True))
     elif key == "nnunet":
         result = methods.nnunet(dataset, args.minutes, work, Path(args.nnunet_venv))
@@ -157,7 +157,7 @@ def _one_line(row: dict) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=",".join(datasets.NAMES), help="datasets, comma-separated")
+    parser.add_argument("--data", default=",".join(datasets.DEFAULT_NAMES), help="datasets, comma-separated")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="methods, comma-separated")
     parser.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget of each trained method")
     parser.add_argument("--seed", type=int, default=0)

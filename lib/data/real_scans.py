@@ -4,7 +4,8 @@ No public CT + MR pair of one patient with labels fits here (../shared/data/READ
 second modality is simulated, and every choice below is ours:
 
 - **CT**: the real scan (``abdomen_ct/ct.nii.gz``, 3 mm, HU), optionally resampled to a coarser
-  grid for small CPUs (Gaussian prefilter + trilinear; labels nearest neighbour).
+  grid for small CPUs (Gaussian prefilter + trilinear; labels nearest neighbour) or to a finer one
+  with a clinical scan's voxel count (trilinear; the benchmarks' `real_fine`).
 - **Classes** (``REAL_LABELS``): spleen, right kidney, left kidney, liver, stomach, the five organs
   of the scribble benchmarks (WORD's large abdominal organs). They make fusion matter on this
   non-contrast CT: liver (~46 HU) and spleen (~35 HU) look alike on CT, and the kidneys (~15 HU)
@@ -28,6 +29,7 @@ import fnmatch
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -174,24 +176,32 @@ def bias_field(shape, rng, strength: float = 0.2) -> np.ndarray:
     return (1.0 + strength * field / (np.abs(field).max() + 1e-6)).astype(np.float32)
 
 
-def coarser_grid(shape, affine: np.ndarray, spacing: float) -> tuple[tuple[int, ...], np.ndarray]:
-    """A grid of isotropic `spacing` mm over the same field of view, axes and centre."""
+def regridded(shape, affine: np.ndarray, spacing: float | Sequence[float]) -> tuple[tuple[int, ...], np.ndarray]:
+    """A grid of `spacing` mm (one for all axes, or one per axis) over the same field of view, axes and centre."""
     old = _spacing(affine)
-    new_shape = tuple(int(np.floor((n - 1) * s / spacing)) + 1 for n, s in zip(shape, old, strict=True))
+    spacing = np.broadcast_to(np.asarray(spacing, float), (3,))
+    new_shape = tuple(int(np.floor((n - 1) * s / t)) + 1 for n, s, t in zip(shape, old, spacing, strict=True))
     directions = affine[:3, :3] / old
-    return new_shape, grid_affine(new_shape, (spacing,) * 3, directions, _center(shape, affine))
+    return new_shape, grid_affine(new_shape, tuple(spacing), directions, _center(shape, affine))
 
 
 def make_abdomen_case(
-    seed: int = 0, ct_spacing: float | None = None, data_dir: Path = ABDOMEN_CT, mr_cover: float = 1.0
+    seed: int = 0,
+    ct_spacing: float | Sequence[float] | None = None,
+    data_dir: Path = ABDOMEN_CT,
+    mr_cover: float = 1.0,
 ) -> PhantomCase:
-    """The real CT (optionally at a coarser isotropic `ct_spacing` in mm) with a simulated MR companion.
+    """The real CT (optionally on a grid of `ct_spacing` mm, one for all axes or one per axis) with a
+    simulated MR companion.
 
     `mr_cover` < 1 keeps that fraction of the MR's slices, from its superior end: an MR of the upper
     abdomen beside a CT that reaches further down, so the resampled MR has no data below its field of view.
 
     `truth` holds our classes (REAL_LABELS) on the CT grid. The MR is simulated from the native
-    3 mm labels whatever `ct_spacing` is; the same seed always gives the same MR.
+    3 mm labels whatever `ct_spacing` is, on a grid as coarse as the CT's but never finer than the
+    native one (a finer MR would show nothing more); the same seed always gives the same MR. A finer
+    CT grid (1 x 1 x 2 mm, as clinical abdominal CTs) is the native CT interpolated: it holds the same
+    anatomy in more voxels.
     """
     rng = np.random.default_rng(seed)
     ct, structures, affine, names = load_abdomen(data_dir)
@@ -199,8 +209,9 @@ def make_abdomen_case(
     intensity = mr_intensity_map(ct, structures, names, rng)
     angles = rng.uniform(2.0, 4.0, 3) * rng.choice([-1.0, 1.0], 3)
     shift = rng.uniform(3.0, 6.0, 3) * rng.choice([-1.0, 1.0], 3)
-    mr_spacing = np.mean(_spacing(affine) if ct_spacing is None else [ct_spacing] * 3) * np.array(MR_SPACING_FACTOR)
-    extent = (np.asarray(ct.shape) - 1) * _spacing(affine) * (1.0 + MR_MARGIN)
+    native = _spacing(affine)
+    mr_spacing = np.mean(native if ct_spacing is None else np.maximum(ct_spacing, native)) * np.array(MR_SPACING_FACTOR)
+    extent = (np.asarray(ct.shape) - 1) * native * (1.0 + MR_MARGIN)
     mr_shape = tuple(int(np.ceil(e / s)) + 1 for e, s in zip(extent, mr_spacing, strict=True))
     rotation = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
     mr_affine = grid_affine(mr_shape, mr_spacing, rotation, _center(ct.shape, affine) + shift)
@@ -213,8 +224,8 @@ def make_abdomen_case(
     mr_affine[:3, 3] += mr_affine[:3, 2] * dropped
 
     if ct_spacing is not None:
-        shape, ct_affine = coarser_grid(ct.shape, affine, ct_spacing)
-        sigma = np.maximum(ct_spacing / _spacing(affine) - 1.0, 0.0) / 2.0
+        shape, ct_affine = regridded(ct.shape, affine, ct_spacing)
+        sigma = np.maximum(np.asarray(ct_spacing) / native - 1.0, 0.0) / 2.0  # a prefilter only where coarser
         ct = sample(gaussian_filter(ct, sigma), affine, shape, ct_affine, order=1)
         structures = sample(structures, affine, shape, ct_affine, order=0).astype(np.int32)
         affine = ct_affine
@@ -236,7 +247,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the real abdominal CT with a simulated MR as a datastore.")
     parser.add_argument("--out", type=Path, default=Path("results/cache/abdomen_datastore"))
     parser.add_argument("--data", type=Path, default=ABDOMEN_CT, help="folder of ct.nii.gz, labels.nii.gz, labels.json")
-    parser.add_argument("--ct-spacing", type=float, help="resample the CT to this isotropic spacing (mm)")
+    parser.add_argument(
+        "--ct-spacing", type=float, nargs="+", help="resample the CT to this spacing (mm): one for all axes, or three"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--case-id", default="abdomen")
     parser.add_argument("--no-scribbles", action="store_true", help="do not store simulated scribbles")
@@ -246,6 +259,8 @@ def main(argv=None):
     if reason:
         parser.exit(1, reason + "\n")
     start = time.perf_counter()
+    if args.ct_spacing is not None and len(args.ct_spacing) not in (1, 3):
+        parser.error("--ct-spacing takes one spacing or three")
     case = make_abdomen_case(args.seed, args.ct_spacing, args.data)
     scribbles = None if args.no_scribbles else abdomen_scribbles(case, args.seed)
     write_case(args.out / "studies", args.case_id, case, scribbles, truth_dir=args.out / "truth")
