@@ -11,7 +11,7 @@
   slices, about the upper 55 % of the CT): below it the CT is alone, as in a CT + MR pair whose MR was
   planned on the liver and kidneys. Where a modality has no data, the fusion must do without it.
 - `real_fine`: as `real`, with the CT on a 1 x 1 x 2 mm grid (FINE_CT_SPACING, 18 M voxels), the voxel
-  size of a clinical abdominal CT, so a run plans, prepares and answers at that size; the MR stays on
+  size of a clinical abdominal CT, so a run plans, prepares and answers at that voxel size; the MR stays on
   its coarser grid. Not in the default run (DEFAULT_NAMES): each method takes minutes longer there.
 """
 
@@ -35,7 +35,7 @@ DEFAULT_NAMES = ("phantom", "real", "real_half", "real_partial_mr")
 NAMES = (*DEFAULT_NAMES, "real_fine")
 PARTIAL_MR_COVER = 0.5
 FINE_CT_SPACING = (1.0, 1.0, 2.0)
-# scored on the unstroked voxels of a case with strokes, where /infer's answer (strokes honoured) is scored too
+# the datasets whose tables also score /infer's answer on the stroked case (strokes honoured), not the model alone only
 SERVED_ON_STROKED_CASE = ("real", "real_fine")
 
 

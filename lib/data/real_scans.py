@@ -5,7 +5,7 @@ second modality is simulated, and every choice below is ours:
 
 - **CT**: the real scan (``abdomen_ct/ct.nii.gz``, 3 mm, HU), optionally resampled to a coarser
   grid for small CPUs (Gaussian prefilter + trilinear; labels nearest neighbour) or to a finer one
-  with a clinical scan's voxel count (trilinear; the benchmarks' `real_fine`).
+  with a clinical scan's voxel size (trilinear; the benchmarks' `real_fine`).
 - **Classes** (``REAL_LABELS``): spleen, right kidney, left kidney, liver, stomach, the five organs
   of the scribble benchmarks (WORD's large abdominal organs). They make fusion matter on this
   non-contrast CT: liver (~46 HU) and spleen (~35 HU) look alike on CT, and the kidneys (~15 HU)
