@@ -178,6 +178,8 @@ def main(argv=None):
         parser.error(f"unknown {sorted(unknown)}; methods {sorted(methods.TITLES)}, data {list(datasets.NAMES)}")
     logging.basicConfig(level=logging.WARNING)
     results = run(args)
+    if not results["rows"]:
+        parser.exit(1, "accuracy: no method ran on any dataset (reasons above); results left as they were\n")
     if args.merge:
         results = merged(RESULTS / "accuracy.json", results)
     markdown = accuracy_markdown(results)

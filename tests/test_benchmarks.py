@@ -2,11 +2,14 @@
 and the numbers are in range. The numbers themselves mean nothing at these budgets."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import accuracy, speed
-from benchmarks.common import RESULTS
+from benchmarks.common import RESULTS, ROOT
 from lib.markdown import write_between_markers
 
 
@@ -21,6 +24,18 @@ def test_accuracy_smoke_trains_through_the_train_task_and_scores_every_case():
     meta = results["datasets"]["phantom"]
     assert 0.001 < meta["annotated_fraction"] < 0.05
     assert json.loads((RESULTS / "accuracy_smoke.json").read_text())["rows"][0]["method"] == "cmfnet"
+
+
+def test_accuracy_with_nothing_to_run_says_why_and_leaves_the_results_alone(tmp_path):
+    results = RESULTS / "accuracy.json"
+    before = results.stat().st_mtime_ns if results.exists() else None
+    command = [sys.executable, "-m", "benchmarks.accuracy", "--data", "real", "--methods", "random_walker"]
+    environment = {**os.environ, "CMFNET_SHARED_DATA": str(tmp_path / "absent")}
+    finished = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 1
+    assert "real: skipped (real scan not available" in finished.stdout
+    assert "no method ran on any dataset" in finished.stderr
+    assert (results.stat().st_mtime_ns if results.exists() else None) == before
 
 
 def test_speed_smoke_times_the_shipped_training_step():
