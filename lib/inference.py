@@ -9,6 +9,7 @@ from monai.inferers import SlidingWindowInferer
 from lib.networks.cmfnet import CmFNet
 from lib.networks.early_fusion import EarlyFusionUNet
 from lib.planning import Plan
+from lib.precision import autocast, autocast_dtype
 
 
 def build_network(plan: Plan) -> torch.nn.Module:
@@ -20,4 +21,22 @@ def build_network(plan: Plan) -> torch.nn.Module:
 def sliding_window_inferer(plan: Plan, device: torch.device | str) -> SlidingWindowInferer:
     """Windows of the plan's patch size with gaussian blending; more overlap where compute is cheap (GPU)."""
     overlap = 0.5 if torch.device(device).type == "cuda" else 0.25
-    return SlidingWindowInferer(roi_size=plan.patch_size, sw_batch_size=2, overlap=overlap, mode="gaussian")
+    return MixedPrecisionInferer(
+        autocast_dtype(device), roi_size=plan.patch_size, sw_batch_size=2, overlap=overlap, mode="gaussian"
+    )
+
+
+class MixedPrecisionInferer(SlidingWindowInferer):
+    """MONAI's sliding-window inferer with each window's forward pass in the training's autocast dtype
+    (lib.precision); the windows' scores are blended in float32."""
+
+    def __init__(self, dtype: torch.dtype | None, **kwargs):
+        super().__init__(**kwargs)
+        self.dtype = dtype
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        def forward(window: torch.Tensor, *window_args, **window_kwargs) -> torch.Tensor:
+            with autocast(window.device, self.dtype):
+                return network(window, *window_args, **window_kwargs).float()
+
+        return super().__call__(inputs, forward, *args, **kwargs)

@@ -85,7 +85,7 @@ class CmFNetTrainer(BasicTrainTask):
             model_dir=model_dir,
             description=description,
             config={**defaults.model_dump(), "dataset": "PersistentDataset", "dataloader": "DataLoader"},
-            amp=False,  # lib.training.hybrid_step uses autocast itself on CUDA
+            amp=False,  # lib.training.hybrid_step and lib.inference autocast where lib.precision says
             labels=labels.classes,
             disable_meta_tracking=False,
         )
