@@ -10,6 +10,9 @@
 - `real_partial_mr`: as `real`, but the MR covers only the upper abdomen (PARTIAL_MR_COVER of its
   slices, about the upper 55 % of the CT): below it the CT is alone, as in a CT + MR pair whose MR was
   planned on the liver and kidneys. Where a modality has no data, the fusion must do without it.
+- `real_moving`: as `real`, but the MR's anatomy is displaced against the CT's by a smooth field of up to
+  MR_MOTION_MM (breathing and bowel between two scans, which rigid registration leaves): the modalities
+  disagree at the organs' edges by up to two voxels, as in a clinical pair. Not in the default run.
 - `real_fine`: as `real`, with the CT on a 1 x 1 x 2 mm grid (FINE_CT_SPACING, 18 M voxels), the voxel
   size of a clinical abdominal CT, so a run plans, prepares and answers at that voxel size; the MR stays on
   its coarser grid. Not in the default run (DEFAULT_NAMES): each method takes minutes longer there.
@@ -32,11 +35,12 @@ from lib.labels import DEMO_LABELS
 
 TRAIN_SEEDS, TEST_SEEDS = 1000, 3000
 DEFAULT_NAMES = ("phantom", "real", "real_half", "real_partial_mr")
-NAMES = (*DEFAULT_NAMES, "real_fine")
+NAMES = (*DEFAULT_NAMES, "real_moving", "real_fine")
 PARTIAL_MR_COVER = 0.5
 FINE_CT_SPACING = (1.0, 1.0, 2.0)
+MR_MOTION_MM = 6.0
 # the datasets whose tables also score /infer's answer on the stroked case (strokes honoured), not the model alone only
-SERVED_ON_STROKED_CASE = ("real", "real_fine")
+SERVED_ON_STROKED_CASE = ("real", "real_moving", "real_fine")
 
 
 @dataclass
@@ -97,6 +101,7 @@ def _write(name: str, folder: Path, seed: int) -> None:
             seed,
             ct_spacing=FINE_CT_SPACING if name == "real_fine" else None,
             mr_cover=PARTIAL_MR_COVER if name == "real_partial_mr" else 1.0,
+            mr_motion_mm=MR_MOTION_MM if name == "real_moving" else 0.0,
         )
         cases = [("abdomen", case, "real")]
         protocol = (
@@ -106,6 +111,8 @@ def _write(name: str, folder: Path, seed: int) -> None:
         )
         if name == "real_partial_mr":
             protocol += f"; the MR covers the upper {PARTIAL_MR_COVER:.0%} of its own slices only"
+        if name == "real_moving":
+            protocol += f"; the MR's anatomy moved against the CT's by up to {MR_MOTION_MM:g} mm"
         if name == "real_fine":
             protocol += "; the CT interpolated onto a clinical scan's grid, the MR on its own coarser grid"
     records, fractions = [], []

@@ -19,6 +19,9 @@ second modality is simulated, and every choice below is ours:
   rotation of 2-4 degrees about each axis and a 3-6 mm shift per axis, in world coordinates,
   written with its own affine. Then a point-spread blur, a smooth multiplicative bias field
   (+-20 %) and Rician noise (sigma 3 % of the intensity scale), as in lib.data.phantoms.
+- **Residual motion** (optional, ``mr_motion_mm``): the MR's anatomy displaced by a smooth random field
+  of up to that many mm before it is rendered, as breathing and bowel move the organs between a CT and
+  an MR taken minutes apart, which a rigid registration cannot undo.
 
 The MR grid covers the CT's field of view with a margin, so resampled onto the CT grid (as
 lib.transforms.modalities does) it has data everywhere the CT has.
@@ -153,6 +156,16 @@ def mr_intensity_map(ct: np.ndarray, structures: np.ndarray, names: dict[int, st
     return image * (1.0 + 0.08 * texture)
 
 
+def smooth_displacement(shape, spacing, max_mm: float, rng) -> np.ndarray:
+    """(3, *shape) displacement in voxels of a grid of `spacing` mm: a cubic interpolation of random
+    vectors on a 4 x 4 x 4 lattice over the grid, scaled so that the longest is `max_mm` long."""
+    coarse = rng.normal(size=(3, 4, 4, 4))
+    grids = np.meshgrid(*[np.linspace(0, 3, n) for n in shape], indexing="ij")
+    field = np.stack([map_coordinates(c, grids, order=3, mode="nearest") for c in coarse])
+    field *= max_mm / (np.linalg.norm(field, axis=0).max() + 1e-6)
+    return (field / np.asarray(spacing, float)[:, None, None, None]).astype(np.float32)
+
+
 def _spacing(affine: np.ndarray) -> np.ndarray:
     return np.linalg.norm(affine[:3, :3], axis=0)
 
@@ -190,12 +203,15 @@ def make_abdomen_case(
     ct_spacing: float | Sequence[float] | None = None,
     data_dir: Path = ABDOMEN_CT,
     mr_cover: float = 1.0,
+    mr_motion_mm: float = 0.0,
 ) -> PhantomCase:
     """The real CT (optionally on a grid of `ct_spacing` mm, one for all axes or one per axis) with a
     simulated MR companion.
 
     `mr_cover` < 1 keeps that fraction of the MR's slices, from its superior end: an MR of the upper
     abdomen beside a CT that reaches further down, so the resampled MR has no data below its field of view.
+    `mr_motion_mm` > 0 moves the MR's anatomy against the CT's by a smooth field of up to that many mm
+    (:func:`smooth_displacement`, drawn from its own generator, so the rest of the case stays as without it).
 
     `truth` holds our classes (REAL_LABELS) on the CT grid. The MR is simulated from the native
     3 mm labels whatever `ct_spacing` is, on a grid as coarse as the CT's but never finer than the
@@ -207,6 +223,10 @@ def make_abdomen_case(
     ct, structures, affine, names = load_abdomen(data_dir)
 
     intensity = mr_intensity_map(ct, structures, names, rng)
+    if mr_motion_mm > 0:
+        motion = smooth_displacement(ct.shape, _spacing(affine), mr_motion_mm, np.random.default_rng([seed, 1]))
+        voxels = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in ct.shape], indexing="ij"))
+        intensity = map_coordinates(intensity, voxels + motion, order=1, mode="nearest")
     angles = rng.uniform(2.0, 4.0, 3) * rng.choice([-1.0, 1.0], 3)
     shift = rng.uniform(3.0, 6.0, 3) * rng.choice([-1.0, 1.0], 3)
     native = _spacing(affine)

@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import binary_erosion
+from scipy.ndimage import binary_erosion, gaussian_filter, map_coordinates
 
 from lib.data.cases import write_case
 from lib.data.real_scans import (
@@ -17,6 +17,7 @@ from lib.data.real_scans import (
     mr_intensity_map,
     regridded,
     sample,
+    smooth_displacement,
 )
 from lib.transforms.modalities import LoadModalitiesd
 
@@ -185,3 +186,34 @@ def test_a_partial_mr_keeps_the_upper_slices_of_the_same_mr_and_leaves_the_ct_be
     has_data = ~np.isnan(mr).all(axis=(0, 1))
     assert not has_data[0] and has_data[-1]  # the CT's lowest slices have no MR, its highest do
     assert (native.truth[..., ~has_data] == 0).all()  # below the MR there is no organ of REAL_LABELS
+
+
+def test_a_smooth_displacement_is_at_most_the_given_length_and_varies_slowly():
+    field = smooth_displacement((60, 50, 40), (1.0, 2.0, 3.0), 6.0, np.random.default_rng(3))
+    in_mm = field * np.array([1.0, 2.0, 3.0])[:, None, None, None]
+    length = np.linalg.norm(in_mm, axis=0)
+    assert field.shape == (3, 60, 50, 40) and length.max() == pytest.approx(6.0, rel=1e-4)
+    assert length.mean() > 1.0  # not one vector of 6 mm in a field of zeros
+    steps = [np.abs(np.diff(in_mm, axis=a)).max() for a in (1, 2, 3)]
+    assert max(steps) < 1.0  # mm from one voxel to the next: a smooth field, not noise (0.76 here)
+
+
+def test_residual_motion_moves_the_mr_anatomy_and_nothing_else(native, loaded, ideal, tmp_path):
+    ideal, _, _ = ideal
+    moving = make_abdomen_case(SEED, mr_motion_mm=6.0)
+    np.testing.assert_array_equal(moving.ct, native.ct)
+    np.testing.assert_array_equal(moving.truth, native.truth)
+    np.testing.assert_array_equal(moving.mr_affine, native.mr_affine)
+    paths = write_case(tmp_path / "studies", "moving", moving)
+    mr_on_ct = LoadModalitiesd(["ct", "mr"])({"image": str(paths["image"])})["image"][1].numpy()
+    # the anatomy the MR shows is the CT's moved by the field (voxels of the CT grid, as the docstring says)
+    motion = smooth_displacement(ideal.shape, (3.0, 3.0, 3.0), 6.0, np.random.default_rng([SEED, 1]))
+    voxels = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in ideal.shape], indexing="ij"))
+    moved = map_coordinates(ideal, voxels + motion, order=1, mode="nearest")
+    body = ideal > 0.05
+    # both references blurred alike (the rendered MRs are blurred): the moving MR shows the moved anatomy,
+    # the MR without motion the anatomy in place (0.968 against 0.944, and 0.967 against 0.941, on seed 0)
+    ideal, moved = gaussian_filter(ideal, 1.0), gaussian_filter(moved, 1.0)
+    assert _corr(mr_on_ct, moved, body) - _corr(mr_on_ct, ideal, body) > 0.015
+    in_place = loaded["image"][1].numpy()
+    assert _corr(in_place, ideal, body) - _corr(in_place, moved, body) > 0.015
