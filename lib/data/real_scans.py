@@ -156,12 +156,18 @@ def mr_intensity_map(ct: np.ndarray, structures: np.ndarray, names: dict[int, st
     return image * (1.0 + 0.08 * texture)
 
 
-def smooth_displacement(shape, spacing, max_mm: float, rng) -> np.ndarray:
-    """(3, *shape) displacement in voxels of a grid of `spacing` mm: a cubic interpolation of random
-    vectors on a 4 x 4 x 4 lattice over the grid, scaled so that the longest is `max_mm` long."""
-    coarse = rng.normal(size=(3, 4, 4, 4))
+def _smooth_noise(shape, rng) -> np.ndarray:
+    """A smooth random field on a grid of `shape`: standard normal values on a 4 x 4 x 4 lattice spanning
+    the grid, interpolated (cubic)."""
+    coarse = rng.normal(size=(4, 4, 4))
     grids = np.meshgrid(*[np.linspace(0, 3, n) for n in shape], indexing="ij")
-    field = np.stack([map_coordinates(c, grids, order=3, mode="nearest") for c in coarse])
+    return map_coordinates(coarse, grids, order=3, mode="nearest")
+
+
+def smooth_displacement(shape, spacing, max_mm: float, rng) -> np.ndarray:
+    """(3, *shape) displacement in voxels of a grid of `spacing` mm: smooth random vectors
+    (:func:`_smooth_noise` per axis), scaled so that the longest is `max_mm` long."""
+    field = np.stack([_smooth_noise(shape, rng) for _ in range(3)])
     field *= max_mm / (np.linalg.norm(field, axis=0).max() + 1e-6)
     return (field / np.asarray(spacing, float)[:, None, None, None]).astype(np.float32)
 
@@ -183,9 +189,7 @@ def sample(volume: np.ndarray, volume_affine: np.ndarray, shape, affine: np.ndar
 
 def bias_field(shape, rng, strength: float = 0.2) -> np.ndarray:
     """Smooth multiplicative field, 1 +- `strength`."""
-    coarse = rng.normal(size=(4, 4, 4))
-    grids = np.meshgrid(*[np.linspace(0, 3, n) for n in shape], indexing="ij")
-    field = map_coordinates(coarse, grids, order=3, mode="nearest")
+    field = _smooth_noise(shape, rng)
     return (1.0 + strength * field / (np.abs(field).max() + 1e-6)).astype(np.float32)
 
 
