@@ -4,8 +4,11 @@
     python -m benchmarks.accuracy --data real --methods cmfnet,random_walker --minutes 4
     python -m benchmarks.accuracy --data phantom --methods cmfnet,dense --merge   # add to the last run
     python -m benchmarks.accuracy --smoke             # seconds: the suite runs it
+    python -m benchmarks.accuracy --data real --methods cmfnet,early_fusion --seed 2 --out results/cache/seeds/real_2
 
-Writes results/accuracy.{json,md}, results/accuracy_curve.png and the README's `accuracy` section.
+Writes results/accuracy.{json,md}, results/accuracy_curve.png and the README's `accuracy` section; with
+`--out`, the json, md and png in that folder and the README left alone (one run of several seeds, for
+benchmarks.paired).
 """
 
 from __future__ import annotations
@@ -166,7 +169,10 @@ def main(argv=None):
     parser.add_argument("--nnunet-venv", default=str(ROOT / ".venv-nnunet"))
     parser.add_argument("--smoke", action="store_true", help="phantom, CmFNet and the random walker, seconds")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
-    parser.add_argument("--merge", action="store_true", help="keep results/accuracy.json's other rows")
+    parser.add_argument("--merge", action="store_true", help="keep the other rows of the last run's accuracy.json")
+    parser.add_argument(
+        "--out", type=Path, help="folder for accuracy.{json,md,png} instead of results/; README left alone"
+    )
     args = parser.parse_args(argv)
     args.argv = argv if argv is not None else sys.argv[1:]
     if args.smoke:
@@ -180,14 +186,15 @@ def main(argv=None):
     results = run(args)
     if not results["rows"]:
         parser.exit(1, "accuracy: no method ran on any dataset (reasons above); results left as they were\n")
+    folder = args.out or RESULTS
     if args.merge:
-        results = merged(RESULTS / "accuracy.json", results)
+        results = merged(folder / "accuracy.json", results)
     markdown = accuracy_markdown(results)
     name = "accuracy_smoke" if args.smoke else "accuracy"
-    write_results(name, results, markdown)
+    write_results(name, results, markdown, folder)
     if not args.smoke:
-        plot_curves(results, ROOT / "results" / "accuracy_curve.png")
-        if not args.no_readme:
+        plot_curves(results, folder / "accuracy_curve.png")
+        if not args.no_readme and args.out is None:
             write_between_markers(ROOT / "README.md", "accuracy", markdown)
     print(markdown)
     return results

@@ -2,19 +2,21 @@
 and the numbers are in range. The numbers themselves mean nothing at these budgets."""
 
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 
 import pytest
 
-from benchmarks import accuracy, speed
+from benchmarks import accuracy, paired, speed
 from benchmarks.common import RESULTS, ROOT
 from lib.markdown import write_between_markers
 
 
-def test_accuracy_smoke_trains_through_the_train_task_and_scores_every_case():
-    results = accuracy.main(["--smoke"])
+def test_accuracy_smoke_trains_through_the_train_task_and_scores_every_case(tmp_path):
+    results = accuracy.main(["--smoke", "--out", str(tmp_path)])
     (row,) = results["rows"]
     assert row["method"] == "cmfnet" and row["steps"] >= 1
     assert set(row["model_alone"]["cases"]) == {"test_0", "test_1", "test_2"}  # never-stroked phantoms
@@ -23,7 +25,7 @@ def test_accuracy_smoke_trains_through_the_train_task_and_scores_every_case():
     assert row["curve"] and all(0.0 <= p["mean"] <= 1.0 for p in row["curve"])
     meta = results["datasets"]["phantom"]
     assert 0.001 < meta["annotated_fraction"] < 0.05
-    assert json.loads((RESULTS / "accuracy_smoke.json").read_text())["rows"][0]["method"] == "cmfnet"
+    assert json.loads((tmp_path / "accuracy_smoke.json").read_text())["rows"][0]["method"] == "cmfnet"
 
 
 def test_accuracy_with_nothing_to_run_says_why_and_leaves_the_results_alone(tmp_path):
@@ -52,3 +54,48 @@ def test_readme_sections_are_replaced_between_their_markers(tmp_path):
     assert write_between_markers(readme, "speed", "new table")
     assert readme.read_text() == "before\n<!-- speed:start -->\nnew table\n<!-- speed:end -->\nafter\n"
     assert not write_between_markers(readme, "accuracy", "x")
+
+
+def _accuracy_run(folder, seed: int, dice: dict[str, float]):
+    """An accuracy.json as benchmarks.accuracy writes it, with the given model-alone means on `real`."""
+    rows = [{"dataset": "real", "method": m, "steps": 100 + seed, "model_alone": {"mean": v}} for m, v in dice.items()]
+    rows.append({"dataset": "real", "method": "propagation", "served": {"mean": 0.5}})
+    path = folder / f"seed{seed}" / "accuracy.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"machine": "CPU test", "command": "c", "seed": seed, "rows": rows}))
+    return path
+
+
+def test_paired_sums_up_the_differences_of_each_run_by_hand(tmp_path):
+    files = [
+        _accuracy_run(tmp_path, 0, {"cmfnet": 0.930, "early_fusion": 0.920}),
+        _accuracy_run(tmp_path, 1, {"cmfnet": 0.925, "early_fusion": 0.927}),
+        _accuracy_run(tmp_path, 2, {"cmfnet": 0.9302, "early_fusion": 0.9300}),
+        _accuracy_run(tmp_path, 3, {"cmfnet": 0.99}),  # no pair: left out
+    ]
+    out = tmp_path / "out"
+    comparison = paired.main([*map(str, files), "--out", str(out), "--no-readme"])
+    differences = [0.010, -0.002, 0.0002]
+    summary = comparison["summary"]["real"]
+    assert summary["pairs"] == 3 and (summary["above"], summary["level"], summary["below"]) == (1, 1, 1)
+    assert summary["mean"] == pytest.approx(sum(differences) / 3)
+    assert summary["sd"] == pytest.approx(statistics.stdev(differences))
+    half = 4.3027 * statistics.stdev(differences) / math.sqrt(3)  # Student's t, 2 degrees of freedom, 97.5 %
+    assert summary["interval"] == pytest.approx([summary["mean"] - half, summary["mean"] + half], rel=1e-4)
+    table = (out / "paired.md").read_text()
+    assert "| real | 0 | 0.930 | 0.920 | +0.010 | 100 / 100 | CPU test |" in table
+    assert "| real | 3 |" not in table
+    assert json.loads((out / "paired.json").read_text())["pairs"][1]["dice"] == [0.925, 0.927]
+
+
+def test_paired_without_a_pair_or_with_a_foreign_file_says_why(tmp_path, capsys):
+    lone = _accuracy_run(tmp_path, 0, {"cmfnet": 0.93})
+    with pytest.raises(SystemExit) as stopped:
+        paired.main([str(lone), "--out", str(tmp_path), "--no-readme"])
+    assert stopped.value.code == 1 and "no run scored both cmfnet and early_fusion" in capsys.readouterr().err
+    foreign = tmp_path / "other.json"
+    foreign.write_text(json.dumps({"rows": []}))
+    with pytest.raises(SystemExit) as stopped:
+        paired.main([str(foreign), "--out", str(tmp_path), "--no-readme"])
+    assert stopped.value.code == 2 and "not a result of benchmarks.accuracy" in capsys.readouterr().err
+    assert not (tmp_path / "paired.json").exists()
