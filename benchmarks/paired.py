@@ -54,7 +54,7 @@ def pairs(results: list[dict], first: str, second: str) -> list[dict]:
 
 def summary(differences: list[float]) -> dict:
     """Mean of the paired differences, their standard deviation and the mean's 95 % t interval
-    (None with fewer than two pairs), and how many are above, level (equal at 3 decimals) and below."""
+    (None with fewer than two pairs), and how many are above, level (a difference that rounds to 0.000) and below."""
     d = np.asarray(differences, dtype=float)
     level = np.round(d, 3) == 0
     result = {
