@@ -53,8 +53,8 @@ def pairs(results: list[dict], first: str, second: str) -> list[dict]:
 
 
 def summary(differences: list[float]) -> dict:
-    """Mean of the paired differences, their standard deviation and the mean's 95 % t interval
-    (None with fewer than two pairs), and how many are above, level (a difference that rounds to 0.000) and below."""
+    """Mean of the paired differences, their standard deviation and the mean's 95 % t interval (None
+    with fewer than two pairs), and how many are above, level (a difference that rounds to 0.000) and below."""
     d = np.asarray(differences, dtype=float)
     level = np.round(d, 3) == 0
     result = {
@@ -87,8 +87,8 @@ def compare(results: list[dict], first: str, second: str) -> dict:
 def markdown(comparison: dict) -> str:
     first, second = comparison["methods"]
     lines = [
-        f"`{first}` against `{second}`, mean Dice of each run (model alone), one row per run of "
-        "`python -m benchmarks.accuracy`; difference = first - second.",
+        f"`{first}` against `{second}`, mean Dice of each run (model alone; what is served for a method that "
+        "does not train), one row per run of `python -m benchmarks.accuracy`; difference = first - second.",
         "",
         f"| data | seed | {first} | {second} | difference | steps | machine |",
         "|---|---|---|---|---|---|---|",
