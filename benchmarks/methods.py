@@ -7,10 +7,11 @@ scored through the product's own infer task; only the request differs.
 | `cmfnet` | the default run: CmFNet, pseudo labels from the refined propagation, the default loss (no regularizers) |
 | `walker_pseudo` | the same, pseudo labels from the random walker alone (`propagation: random_walker`) |
 | `regularized` | the same with the paper's regularizers on (affinity, consistency, alignment) |
-| `self_training` | the same with pseudo labels half the walker's, half the network's own prediction (DMSPS-like) |
+| `self_training` | the same, pseudo labels half the walker's, half its own fused and per-modality outputs (DMSPS) |
 | `confident_pseudo` | the same, pseudo labels less sure than 0.6 left out (`loss.pseudo_min_confidence`) |
 | `no_propagation` | the same, from the strokes alone (no pseudo labels) |
 | `pce` | the same network with partial cross-entropy on the strokes only |
+| `full_branches` | the same, each per-modality output weighted 1 (`loss.branches`; the default before) |
 | `early_fusion` | one MONAI UNet with CT and MR as channels, the same recipe (`network: unet`) |
 | `dense` | CmFNet on the dense truth of the same cases (`final` labels): the upper bound |
 | `propagation` | our propagation from the same strokes, no learning (walker + appearance + CRF, the scribbles answer) |
@@ -63,6 +64,7 @@ TRAINED: dict[str, tuple[str, dict]] = {
         {"loss": {"affinity": 1.0, "consistency": 0.5, "alignment": 0.1}},
     ),
     "self_training": ("CmFNet, pseudo labels half its own prediction", {"loss": {"self_training": 0.5}}),
+    "full_branches": ("CmFNet, per-modality outputs weighted 1", {"loss": {"branches": 1.0}}),
     "early_fusion": ("Early fusion (MONAI UNet, same recipe)", {"network": "unet"}),
     "dense": ("CmFNet on dense labels (upper bound)", {}),
 }

@@ -4,6 +4,8 @@ One run's mean Dice moves by about 0.005 from run to run (another seed: another 
 other strokes; the same seed: another machine load, so another number of steps). A lead smaller than
 that shows only as a difference that holds over many runs: each run scores both methods on the same
 data, and the differences are summed up as their mean with a 95 % confidence interval (Student's t).
+A method run alone pairs with the other from a run of the same data set and seed (:func:`pairs`), so a
+new variant can be set beside earlier runs of the baseline.
 
     for seed in 0 1 2 3 4; do
       python -m benchmarks.accuracy --data real --methods cmfnet,early_fusion --seed $seed \\
@@ -31,25 +33,42 @@ from lib.markdown import write_between_markers
 
 def pairs(results: list[dict], first: str, second: str) -> list[dict]:
     """One pair per run and data set where both methods were scored: their mean Dice (model alone where
-    there is one, else what was served) and steps, the run's seed, machine and command."""
+    there is one, else what was served) and steps, the run's seed, machine and command.
+
+    A method scored without the other in its run pairs with the other one scored alone in another run
+    of the same data set and seed (the seed makes the data: the same simulated MR and strokes), when
+    each was so scored once; that pair gives both runs' machines and commands."""
     found = []
+    alone: dict[str, dict[tuple, list]] = {first: {}, second: {}}  # method -> (dataset, seed) -> [(row, run)]
     for run in results:
         rows = {(r["dataset"], r["method"]): r for r in run["rows"]}
         for dataset in dict.fromkeys(r["dataset"] for r in run["rows"]):
             a, b = rows.get((dataset, first)), rows.get((dataset, second))
-            if a is None or b is None:
-                continue
-            found.append(
-                {
-                    "dataset": dataset,
-                    "seed": run["seed"],
-                    "machine": run["machine"],
-                    "command": run["command"],
-                    "dice": [_dice(a), _dice(b)],
-                    "steps": [a.get("steps"), b.get("steps")],
-                }
-            )
+            if a is not None and b is not None:
+                found.append(_pair(dataset, a, b, run, run))
+            for method, row in ((first, a), (second, b)):
+                if row is not None and (a is None or b is None):
+                    alone[method].setdefault((dataset, run["seed"]), []).append((row, run))
+    for (dataset, seed), firsts in alone[first].items():
+        seconds = alone[second].get((dataset, seed), [])
+        if len(firsts) == 1 and len(seconds) == 1:
+            (a, run_a), (b, run_b) = firsts[0], seconds[0]
+            found.append(_pair(dataset, a, b, run_a, run_b))
     return found
+
+
+def _pair(dataset: str, a: dict, b: dict, run_a: dict, run_b: dict) -> dict:
+    def both(key: str) -> str:
+        return run_a[key] if run_a is run_b or run_a[key] == run_b[key] else f"{run_a[key]}; {run_b[key]}"
+
+    return {
+        "dataset": dataset,
+        "seed": run_a["seed"],
+        "machine": both("machine"),
+        "command": both("command"),
+        "dice": [_dice(a), _dice(b)],
+        "steps": [a.get("steps"), b.get("steps")],
+    }
 
 
 def summary(differences: list[float]) -> dict:
@@ -76,7 +95,7 @@ def summary(differences: list[float]) -> dict:
 def compare(results: list[dict], first: str, second: str) -> dict:
     found = pairs(results, first, second)
     if not found:
-        raise ValueError(f"no run scored both {first} and {second} on one data set")
+        raise ValueError(f"no run (nor two runs of one seed) scored both {first} and {second} on one data set")
     by_dataset = {}
     for dataset in dict.fromkeys(p["dataset"] for p in found):
         mine = [p for p in found if p["dataset"] == dataset]

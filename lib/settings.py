@@ -53,8 +53,15 @@ class LossWeights(_Settings):
 
     The regularizers are off by default: on the real abdominal CT they did not raise the Dice reached
     within the same budget and made each step dearer (the `cmfnet` and `regularized` methods of
-    benchmarks.accuracy). Self-training is off too: on the phantoms it did not raise the Dice (the
-    `self_training` method).
+    benchmarks.accuracy). Self-training is off too: mixing the fused and per-modality outputs into the
+    pseudo labels as DMSPS mixes its branches, on the real scan it was level with the default over six
+    seeds (README, "CmFNet against early fusion, run by run"); an earlier version that mixed in the fused
+    output alone lowered the phantoms' Dice (the `self_training` method).
+
+    The per-modality outputs count a quarter each beside the fused one (`branches`), as nnU-Net weighs its
+    quarter-resolution output in deep supervision: on the real scan, over six seeds, that raised the fused
+    model's Dice above the runs with the weight 1 and above early fusion (README, "CmFNet against early
+    fusion, run by run").
 
     Leaving out the pseudo labels the propagation is less sure of (`pseudo_min_confidence`) is off by
     default. Measured with the walker alone as propagation (before lib.scribbles.appearance, which now
@@ -66,6 +73,9 @@ class LossWeights(_Settings):
     pce: float = Field(1.0, ge=0, le=100, description="partial cross-entropy on the strokes")
     pseudo: float = Field(1.0, ge=0, le=100, description="confidence-weighted CE + Dice on the pseudo labels")
     dense: float = Field(1.0, ge=0, le=100, description="CE + Dice where a `final` (dense) label exists")
+    branches: float = Field(
+        0.25, ge=0, le=100, description="weight of each per-modality output in the pCE, pseudo-label and dense terms"
+    )
     affinity: float = Field(0.0, ge=0, le=100, description="intra-modal local-affinity (gated CRF) term")
     consistency: float = Field(0.0, ge=0, le=100, description="per-modality vs fused prediction agreement")
     alignment: float = Field(0.0, ge=0, le=100, description="alignment of the modality bottleneck features")

@@ -88,11 +88,26 @@ def test_paired_sums_up_the_differences_of_each_run_by_hand(tmp_path):
     assert json.loads((out / "paired.json").read_text())["pairs"][1]["dice"] == [0.925, 0.927]
 
 
+def test_paired_pairs_two_runs_of_one_seed_that_scored_one_of_the_methods_each(tmp_path):
+    for folder in "abc":
+        (tmp_path / folder).mkdir()
+    mine = _accuracy_run(tmp_path / "a", 0, {"self_training": 0.931, "cmfnet": 0.925})
+    theirs = _accuracy_run(tmp_path / "b", 0, {"cmfnet": 0.926, "early_fusion": 0.924})
+    theirs.write_text(theirs.read_text().replace("CPU test", "CPU other"))
+    lone = _accuracy_run(tmp_path / "b", 1, {"early_fusion": 0.920})  # no self_training run of seed 1
+    twice = [_accuracy_run(tmp_path / folder, 2, {"self_training": 0.93}) for folder in "ac"]
+    twice.append(_accuracy_run(tmp_path / "b", 2, {"early_fusion": 0.92}))  # which self_training run? neither
+    files = [mine, theirs, lone, *twice]
+    args = ["--methods", "self_training,early_fusion", "--out", str(tmp_path / "out"), "--no-readme"]
+    found = paired.main([*map(str, files), *args])["pairs"]
+    assert [(p["seed"], p["dice"], p["machine"]) for p in found] == [(0, [0.931, 0.924], "CPU test; CPU other")]
+
+
 def test_paired_without_a_pair_or_with_a_foreign_file_says_why(tmp_path, capsys):
     lone = _accuracy_run(tmp_path, 0, {"cmfnet": 0.93})
     with pytest.raises(SystemExit) as stopped:
         paired.main([str(lone), "--out", str(tmp_path), "--no-readme"])
-    assert stopped.value.code == 1 and "no run scored both cmfnet and early_fusion" in capsys.readouterr().err
+    assert stopped.value.code == 1 and "scored both cmfnet and early_fusion on one data set" in capsys.readouterr().err
     foreign = tmp_path / "other.json"
     foreign.write_text(json.dumps({"rows": []}))
     with pytest.raises(SystemExit) as stopped:

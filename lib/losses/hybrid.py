@@ -13,7 +13,7 @@ from lib.labels import IGNORE
 from lib.losses.consistency import feature_alignment, prediction_consistency
 from lib.losses.local_affinity import local_affinity_loss
 from lib.losses.partial_ce import dense_loss, partial_cross_entropy
-from lib.losses.pseudo import mixed_pseudo_labels, weighted_dice_ce
+from lib.losses.pseudo import branch_mixture, mixed_pseudo_labels, weighted_dice_ce
 from lib.losses.rampup import sigmoid_rampup
 from lib.networks.cmfnet import CmFNetOutput
 
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 class HybridLoss:
     """Hybrid supervision of a :class:`~lib.networks.cmfnet.CmFNet` (our definition of the paper's).
 
-        total = pce    * (pCE(fused) + sum_m pCE(m))                         samples with strokes
-              + pseudo * (wDiceCE(fused) + sum_m wDiceCE(m))                 samples with strokes
-              + dense  * (DiceCE(fused) + sum_m DiceCE(m))                   samples with a dense label
+        total = pce    * (pCE(fused) + b * sum_m pCE(m))                     samples with strokes
+              + pseudo * (wDiceCE(fused) + b * sum_m wDiceCE(m))             samples with strokes
+              + dense  * (DiceCE(fused) + b * sum_m DiceCE(m))               samples with a dense label
               + r(step) * (affinity * sum_m A_m + consistency * KL + alignment * F)
 
     - pCE: :func:`partial_cross_entropy` over the stroke voxels; per modality only where that
@@ -34,12 +34,14 @@ class HybridLoss:
       asks for it while a run from scratch waits for its first model (lib.trainers.budget).
     - wDiceCE: :func:`weighted_dice_ce` towards the propagated pseudo labels, each voxel weighted
       by the propagation's confidence (lib.scribbles.propagation), 0 below ``weights.pseudo_min_confidence``
-      (see LossWeights), mixed with the fused prediction
-      as r(step) * ``weights.self_training`` of the target (:func:`mixed_pseudo_labels`).
+      (see LossWeights), mixed with the network's own prediction as r(step) * ``weights.self_training`` of
+      the target (:func:`mixed_pseudo_labels`); that prediction mixes the fused and per-modality outputs
+      with a weight drawn anew at every step, as DMSPS mixes its branches (:func:`branch_mixture`).
     - DiceCE: :func:`dense_loss` on densely labelled samples; a dense sample is in neither pCE nor wCE.
     - A_m: :func:`local_affinity_loss` of modality m's own prediction on its own image, at the
       per-modality outputs' resolution, where m has data.
     - KL: :func:`prediction_consistency` at the per-modality resolution; F: :func:`feature_alignment`.
+    - b: ``weights.branches``, the per-modality outputs' share of the supervision.
     - r: :func:`sigmoid_rampup` over ``weights.rampup_steps``.
 
     Per-modality logits come on a coarser grid than the patch (lib.networks.cmfnet.BRANCH_LEVEL) and
@@ -109,7 +111,7 @@ class HybridLoss:
             if per_modality:
                 low_strokes = torch.where(scribbled, low_target, IGNORE)
                 for logits, ok in zip(per_modality, usable, strict=True):
-                    pce = pce + partial_cross_entropy(
+                    pce = pce + w.branches * partial_cross_entropy(
                         logits, torch.where(ok, low_strokes, IGNORE), IGNORE, balanced_strokes
                     )
             terms["pce"] = pce
@@ -117,14 +119,17 @@ class HybridLoss:
 
         if w.pseudo > 0 and pseudo is not None and confidence is not None:
             confidence = torch.where(confidence >= w.pseudo_min_confidence, confidence, 0.0)
-            pseudo, confidence = mixed_pseudo_labels(output.fused, pseudo, confidence, ramp * w.self_training)
+            if w.self_training > 0:
+                alpha = float(torch.rand(()))  # DMSPS draws the mixing weight anew at every step
+                own = branch_mixture(output.fused, per_modality, usable if per_modality else [], alpha)
+                pseudo, confidence = mixed_pseudo_labels(own, pseudo, confidence, ramp * w.self_training)
             weight = torch.where(scribbled, confidence, 0.0)
             term = weighted_dice_ce(output.fused, pseudo, weight)
             if per_modality:
                 low_pseudo = downsample_labels(torch.where(weight > 0, pseudo, IGNORE), low, num_classes)
                 low_weight = torch.where(low_pseudo != IGNORE, F.interpolate(weight, size=low, mode="area"), 0.0)
                 for logits, ok in zip(per_modality, usable, strict=True):
-                    term = term + weighted_dice_ce(logits, low_pseudo, torch.where(ok, low_weight, 0.0))
+                    term = term + w.branches * weighted_dice_ce(logits, low_pseudo, torch.where(ok, low_weight, 0.0))
             terms["pseudo"] = term
             total = total + w.pseudo * term
 
@@ -133,7 +138,7 @@ class HybridLoss:
             for logits, ok in zip(per_modality, usable, strict=True):
                 chosen = dense & ok.flatten(1).any(dim=1)
                 if chosen.any():
-                    term = term + dense_loss(logits[chosen], torch.where(ok, low_target, IGNORE)[chosen])
+                    term = term + w.branches * dense_loss(logits[chosen], torch.where(ok, low_target, IGNORE)[chosen])
             terms["dense"] = term
             total = total + w.dense * term
 

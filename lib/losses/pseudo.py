@@ -40,25 +40,45 @@ def weighted_dice_ce(logits: Tensor, pseudo: Tensor, weight: Tensor) -> Tensor:
     return ce + SOFT_DICE(probabilities, onehot)
 
 
-def mixed_pseudo_labels(
-    logits: Tensor, pseudo: Tensor, confidence: Tensor, model_share: float
-) -> tuple[Tensor, Tensor]:
+def mixed_pseudo_labels(own: Tensor, pseudo: Tensor, confidence: Tensor, model_share: float) -> tuple[Tensor, Tensor]:
     """Pseudo labels and weights from the propagation mixed with the network's own (detached) prediction:
 
-        q = (1 - s) * p_walker + s * softmax(z),  label argmax q, weight max q,   s = ``model_share``
+        q = (1 - s) * p_walker + s * p_own,  label argmax q, weight max q,   s = ``model_share``
 
-    where ``p_walker`` is rebuilt from the propagation's label and confidence (the rest of its mass
-    spread evenly over the other classes). In the spirit of DMSPS (Han et al., 2024: pseudo labels
-    dynamically mixed from the network's own branches): the walker's labels cap a network trained on
-    them at the walker's accuracy (its own errors become the targets), and a network that has seen
-    every case knows, where the walker is unsure, more than the walker on one case does. Voxels without
-    a pseudo label (weight 0) stay without one.
+    ``own``: (B, C, ...) class probabilities. ``p_walker`` is rebuilt from the propagation's label and
+    confidence (the rest of its mass spread evenly over the other classes). In the spirit of DMSPS
+    (Han et al., 2024: pseudo labels dynamically mixed from the network's own branches): the walker's
+    labels cap a network trained on them at the walker's accuracy (its own errors become the targets),
+    and a network that has seen every case knows, where the walker is unsure, more than the walker on
+    one case does. Voxels without a pseudo label (weight 0) stay without one.
     """
-    classes = logits.shape[1]
+    classes = own.shape[1]
     if model_share <= 0:
         return pseudo, confidence
     walker = one_hot(pseudo.long().clamp(min=0), num_classes=classes)
     walker = walker * confidence + (1 - walker) * (1 - confidence) / max(classes - 1, 1)
-    mixed = (1 - model_share) * walker + model_share * torch.softmax(logits.detach().float(), dim=1)
+    mixed = (1 - model_share) * walker + model_share * own.detach().float()
     weight, label = mixed.max(dim=1, keepdim=True)
     return label, torch.where(confidence > 0, weight, 0.0)
+
+
+def branch_mixture(fused: Tensor, per_modality: list[Tensor], usable: list[Tensor], alpha: float) -> Tensor:
+    """The network's own prediction as DMSPS mixes it: ``alpha * softmax(fused) + (1 - alpha) * p_branches``,
+    detached, on the fused grid.
+
+    ``p_branches`` is the mean softmax of the per-modality outputs (upsampled trilinearly from their
+    coarser grid) over the modalities ``usable`` there ((B, 1, ...) bool masks on that grid); the fused
+    softmax where none is. Without per-modality outputs (early fusion) it is the fused softmax.
+    """
+    fused = torch.softmax(fused.detach().float(), dim=1)
+    if not per_modality:
+        return fused
+    size = fused.shape[2:]
+    total = torch.zeros_like(fused)
+    count = fused.new_zeros((fused.shape[0], 1, *size))
+    for logits, ok in zip(per_modality, usable, strict=True):
+        weight = F.interpolate(ok.float(), size=size, mode="nearest")
+        total += weight * F.interpolate(torch.softmax(logits.detach().float(), dim=1), size=size, mode="trilinear")
+        count += weight
+    branches = torch.where(count > 0, total / count.clamp(min=1), fused)
+    return alpha * fused + (1 - alpha) * branches

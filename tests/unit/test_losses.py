@@ -10,7 +10,7 @@ from lib.losses.consistency import feature_alignment, prediction_consistency
 from lib.losses.hybrid import HybridLoss, downsample_labels
 from lib.losses.local_affinity import local_affinity_loss
 from lib.losses.partial_ce import dense_loss, partial_cross_entropy
-from lib.losses.pseudo import mixed_pseudo_labels, weighted_cross_entropy, weighted_dice_ce
+from lib.losses.pseudo import branch_mixture, mixed_pseudo_labels, weighted_cross_entropy, weighted_dice_ce
 from lib.losses.rampup import sigmoid_rampup
 from lib.networks.cmfnet import CmFNet, CmFNetOutput
 from lib.settings import LossWeights
@@ -269,6 +269,7 @@ def test_weighted_dice_ce_ignores_unweighted_voxels_and_samples():
 # ---------------------------------------------------------------- hybrid loss
 
 OFF = {"affinity": 0, "consistency": 0, "alignment": 0, "self_training": 0}
+BRANCHES = LossWeights().branches  # the per-modality outputs' share of the supervision, by default
 
 
 def _batch(num_modalities: int = 2):
@@ -335,10 +336,8 @@ def test_hybrid_loss_without_regularizers_is_the_sum_of_partial_ce_terms():
     # per-modality outputs are supervised at their own grid; modality 1 is absent in sample 1
     first, second = output.per_modality
     low = _low_target()
-    expected = (
-        partial_cross_entropy(output.fused, target)
-        + partial_cross_entropy(first, low)
-        + partial_cross_entropy(second[:1], low[:1])
+    expected = partial_cross_entropy(output.fused, target) + BRANCHES * (
+        partial_cross_entropy(first, low) + partial_cross_entropy(second[:1], low[:1])
     )
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert set(terms) == {"pce", "rampup", "total"}
@@ -359,10 +358,8 @@ def test_pseudo_labels_count_only_for_scribbled_samples_and_where_the_modality_h
     second_weight = low_weight.clone()
     second_weight[0, :, :2] = 0.0  # no MR data there
     first, second = output.per_modality  # supervised at their own grid
-    expected = (
-        weighted_dice_ce(output.fused, pseudo, weight)
-        + weighted_dice_ce(first, low_pseudo, low_weight)
-        + weighted_dice_ce(second, low_pseudo, second_weight)
+    expected = weighted_dice_ce(output.fused, pseudo, weight) + BRANCHES * (
+        weighted_dice_ce(first, low_pseudo, low_weight) + weighted_dice_ce(second, low_pseudo, second_weight)
     )
     assert total.item() == pytest.approx(expected.item(), rel=1e-5)
     assert terms["pseudo"] == pytest.approx(expected.item(), rel=1e-5)
@@ -390,18 +387,34 @@ def test_pseudo_labels_below_the_confidence_floor_get_no_gradient():
 def test_mixed_pseudo_labels_by_hand():
     # two classes, three voxels: the walker says class 1 with confidence 0.6, 0.9 and 0 (no pseudo label);
     # the network says class 0 with probability 0.8 everywhere
-    logits = torch.log(torch.tensor([0.8, 0.2])).view(1, 2, 1, 1, 1).expand(1, 2, 3, 1, 1)
+    own = torch.tensor([0.8, 0.2]).view(1, 2, 1, 1, 1).expand(1, 2, 3, 1, 1)
     pseudo = torch.ones(1, 1, 3, 1, 1, dtype=torch.long)
     confidence = torch.tensor([0.6, 0.9, 0.0]).view(1, 1, 3, 1, 1)
-    label, weight = mixed_pseudo_labels(logits, pseudo, confidence, 0.5)
+    label, weight = mixed_pseudo_labels(own, pseudo, confidence, 0.5)
     # voxel 0: class 0 gets 0.5 * 0.4 + 0.5 * 0.8 = 0.6 against 0.4; voxel 1: class 1 gets 0.5 * 0.9 + 0.5 * 0.2 = 0.55
     assert label.flatten().tolist()[:2] == [0, 1]
     assert weight.flatten().tolist() == pytest.approx([0.6, 0.55, 0.0])
-    unchanged = mixed_pseudo_labels(logits, pseudo, confidence, 0.0)
+    unchanged = mixed_pseudo_labels(own, pseudo, confidence, 0.0)
     assert unchanged[0] is pseudo and unchanged[1] is confidence
 
 
-def test_self_training_mixes_the_fused_prediction_into_the_pseudo_labels_once_ramped_up():
+def test_branch_mixture_by_hand():
+    # two classes on a 1 x 1 x 4 grid; the per-modality outputs come on a 1 x 1 x 2 grid (each voxel covers two)
+    fused = torch.log(torch.tensor([0.8, 0.2])).view(1, 2, 1, 1, 1).expand(1, 2, 1, 1, 4).clone()
+    ct = torch.log(torch.tensor([0.4, 0.6])).view(1, 2, 1, 1, 1).expand(1, 2, 1, 1, 2).clone()
+    mr = torch.log(torch.tensor([0.2, 0.8])).view(1, 2, 1, 1, 1).expand(1, 2, 1, 1, 2).clone()
+    both, ct_only = torch.ones(1, 1, 1, 1, 2, dtype=torch.bool), torch.tensor([True, False]).view(1, 1, 1, 1, 2)
+    mixed = branch_mixture(fused, [ct, mr], [both, ct_only], alpha=0.25)
+    # first half: 0.25 * 0.8 + 0.75 * (0.4 + 0.2) / 2 = 0.425 for class 0; second half: the CT branch alone,
+    # 0.25 * 0.8 + 0.75 * 0.4 = 0.5
+    assert mixed[0, 0, 0, 0].tolist() == pytest.approx([0.425, 0.425, 0.5, 0.5])
+    assert mixed.sum(dim=1).flatten().tolist() == pytest.approx([1.0] * 4)
+    nowhere = [torch.zeros(1, 1, 1, 1, 2, dtype=torch.bool)] * 2
+    assert torch.allclose(branch_mixture(fused, [ct, mr], nowhere, alpha=0.25), fused.softmax(1))
+    assert torch.allclose(branch_mixture(fused, [], [], alpha=0.25), fused.softmax(1))  # early fusion
+
+
+def test_self_training_mixes_the_networks_own_prediction_into_the_pseudo_labels_once_ramped_up():
     net, images, target = _batch()
     output = net.forward_all(images)
     pseudo, confidence = torch.randint(0, 3, (2, 1, 8, 8, 8)), torch.full((2, 1, 8, 8, 8), 0.7)
@@ -412,11 +425,26 @@ def test_self_training_mixes_the_fused_prediction_into_the_pseudo_labels_once_ra
     before = mixed(output, images, target, dense, 0, (1.0,) * 3, pseudo, confidence)
     after = mixed(output, images, target, dense, 10, (1.0,) * 3, pseudo, confidence)
     # at step 0 the ramp (exp(-5)) leaves the walker's labels in charge; once ramped up the targets are the
-    # network's own argmax, which it fits better than random labels
-    own, _ = mixed_pseudo_labels(output.fused, pseudo, confidence, 1.0)
+    # network's own argmax (fused and per-modality outputs mixed), which it fits better than random labels
+    own, _ = mixed_pseudo_labels(output.fused.softmax(1), pseudo, confidence, 1.0)
     assert torch.equal(own, output.fused.argmax(1, keepdim=True))
     assert before[1]["pseudo"] == pytest.approx(walker_only[1]["pseudo"], rel=0.05)
     assert after[1]["pseudo"] < walker_only[1]["pseudo"]
+
+
+def test_branch_weight_scales_the_per_modality_terms_only():
+    net, images, target = _batch()
+    output = net.forward_all(images)
+    dense = torch.zeros(2, dtype=torch.bool)
+
+    def pce(branches: float) -> float:
+        loss = HybridLoss(LossWeights(branches=branches, **OFF))
+        return loss(output, images, target, dense, 0, (1.0,) * 3)[1]["pce"]
+
+    fused = partial_cross_entropy(output.fused, target).item()
+    assert pce(0.0) == pytest.approx(fused)
+    assert pce(1.0) > fused
+    assert pce(0.25) == pytest.approx(fused + 0.25 * (pce(1.0) - fused))
 
 
 def test_hybrid_loss_scales_regularizers_by_the_rampup():
@@ -441,15 +469,15 @@ def test_hybrid_loss_uses_dice_ce_for_densely_labelled_samples_only():
     output = net.forward_all(images)
     supervised = HybridLoss(LossWeights(dense=0.5, **OFF))
     total, terms = supervised(output, images, target, dense, 0, (1.0, 1.0, 1.0))
-    pairs = [(output.fused, target), *((logits, low) for logits in output.per_modality)]
-    pce = sum(partial_cross_entropy(logits[:1], labels[:1]) for logits, labels in pairs)
-    dice_ce = sum(dense_loss(logits[1:], labels[1:]) for logits, labels in pairs)
+    outputs = [(1.0, output.fused, target), *((BRANCHES, logits, low) for logits in output.per_modality)]
+    pce = sum(w * partial_cross_entropy(logits[:1], labels[:1]) for w, logits, labels in outputs)
+    dice_ce = sum(w * dense_loss(logits[1:], labels[1:]) for w, logits, labels in outputs)
     assert terms["pce"] == pytest.approx(pce.item(), rel=1e-5)
     assert terms["dense"] == pytest.approx(dice_ce.item(), rel=1e-5)
     assert total.item() == pytest.approx(pce.item() + 0.5 * dice_ce.item(), rel=1e-5)
     # class-balanced strokes on request, for every output
     _, terms = supervised(output, images, target, dense, 0, (1.0, 1.0, 1.0), balanced_strokes=True)
-    balanced = sum(partial_cross_entropy(logits[:1], labels[:1], balanced=True) for logits, labels in pairs)
+    balanced = sum(w * partial_cross_entropy(logits[:1], labels[:1], balanced=True) for w, logits, labels in outputs)
     assert terms["pce"] == pytest.approx(balanced.item(), rel=1e-5) and balanced.item() != pytest.approx(pce.item())
 
 
