@@ -432,6 +432,28 @@ def test_self_training_mixes_the_networks_own_prediction_into_the_pseudo_labels_
     assert after[1]["pseudo"] < walker_only[1]["pseudo"]
 
 
+def test_self_training_targets_mix_the_per_modality_outputs_with_the_weight_drawn_at_that_step():
+    net, images, target = _batch()
+    output = net.forward_all(images)
+    pseudo, confidence = torch.randint(0, 3, (2, 1, 8, 8, 8)), torch.full((2, 1, 8, 8, 8), 0.7)
+    dense = torch.zeros(2, dtype=torch.bool)
+    # branches 0: only the fused output's pseudo-label term, so the expected value is one call by hand
+    loss = HybridLoss(LossWeights(pce=0, dense=0, branches=0, rampup_steps=0, **{**OFF, "self_training": 1.0}))
+    torch.manual_seed(7)
+    alpha = float(torch.rand(()))
+    torch.manual_seed(7)
+    _, terms = loss(output, images, target, dense, 10, (1.0,) * 3, pseudo, confidence)
+    usable = [torch.ones(2, 1, 4, 4, 4, dtype=torch.bool)] * 2  # every modality present, with data
+
+    def fused_term(own):
+        label, weight = mixed_pseudo_labels(own, pseudo, confidence, 1.0)
+        return weighted_dice_ce(output.fused, label, weight).item()
+
+    mixed = branch_mixture(output.fused, output.per_modality, usable, alpha)
+    assert terms["pseudo"] == pytest.approx(fused_term(mixed), rel=1e-5)
+    assert terms["pseudo"] != pytest.approx(fused_term(output.fused.softmax(1)), rel=1e-3)  # the branches count
+
+
 def test_branch_weight_scales_the_per_modality_terms_only():
     net, images, target = _batch()
     output = net.forward_all(images)
