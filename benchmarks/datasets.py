@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,20 +71,35 @@ class Dataset:
 def build(name: str, folder: Path, seed: int = 0) -> Dataset:
     """Write (or reuse) the dataset `name` under `folder`; FileNotFoundError when the real scan is missing."""
     folder = Path(folder) / f"{name}_seed{seed}"
-    summary = folder / "dataset.json"
-    if not summary.exists():
+    meta = _written(folder)
+    if meta is None:
+        shutil.rmtree(folder, ignore_errors=True)
         _write(name, folder, seed)
-    meta = json.loads(summary.read_text())
+        meta = _written(folder)
     return Dataset(
         name=name,
         labels=meta["labels"],
         studies=folder / "studies",
         dense_studies=folder / "dense" / "studies",
-        cases=[Case(**c) for c in meta["cases"]],
+        cases=[
+            Case(**{k: v if k == "case_id" or v is None else str(folder / v) for k, v in c.items()})
+            for c in meta["cases"]
+        ],
         protocol=meta["protocol"],
         annotated_fraction=meta["annotated_fraction"],
         facts=meta["facts"],
     )
+
+
+def _written(folder: Path) -> dict | None:
+    """The dataset written in `folder`, or None when it is not there whole (its files are recorded relative
+    to the folder, so a cache copied or reached through a link still reads)."""
+    summary = folder / "dataset.json"
+    if not summary.exists():
+        return None
+    meta = json.loads(summary.read_text())
+    files = [v for c in meta["cases"] for k, v in c.items() if k != "case_id" and v]
+    return meta if all(not Path(f).is_absolute() and (folder / f).exists() for f in files) else None
 
 
 def _write(name: str, folder: Path, seed: int) -> None:
@@ -142,10 +158,10 @@ def _write(name: str, folder: Path, seed: int) -> None:
         records.append(
             {
                 "case_id": case_id,
-                "image": str(paths["image"]),
-                "truth": str(paths["truth"]),
-                "strokes": str(paths["scribbles"]) if "scribbles" in paths else None,
-                "scored": str(mask),
+                "image": str(paths["image"].relative_to(folder)),
+                "truth": str(paths["truth"].relative_to(folder)),
+                "strokes": str(paths["scribbles"].relative_to(folder)) if "scribbles" in paths else None,
+                "scored": str(mask.relative_to(folder)),
             }
         )
     shape = list(cases[0][1].ct.shape)

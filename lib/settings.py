@@ -60,8 +60,8 @@ class LossWeights(_Settings):
 
     The per-modality outputs count a quarter each beside the fused one (`branches`), as nnU-Net weighs its
     quarter-resolution output in deep supervision: on the phantoms 0.957 against 0.950 with the weight 1;
-    on the real scan above the weight 1 and early fusion over six seeds paired with runs of a slower hour,
-    level with early fusion in one run of both (README, "CmFNet against early fusion, run by run").
+    on the real scan level with early fusion over six seeds, each one run of both (README, "CmFNet against
+    early fusion, run by run").
 
     Leaving out the pseudo labels the propagation is less sure of (`pseudo_min_confidence`) is off by
     default. Measured with the walker alone as propagation (before lib.scribbles.appearance, which now
