@@ -42,6 +42,7 @@ FINE_CT_SPACING = (1.0, 1.0, 2.0)
 MR_MOTION_MM = 6.0
 # the datasets whose tables also score /infer's answer on the stroked case (strokes honoured), not the model alone only
 SERVED_ON_STROKED_CASE = ("real", "real_moving", "real_fine")
+CASE_FILES = ("image", "truth", "strokes", "scored")  # a Case's paths, recorded relative to the dataset's folder
 
 
 @dataclass
@@ -81,10 +82,7 @@ def build(name: str, folder: Path, seed: int = 0) -> Dataset:
         labels=meta["labels"],
         studies=folder / "studies",
         dense_studies=folder / "dense" / "studies",
-        cases=[
-            Case(**{k: v if k == "case_id" or v is None else str(folder / v) for k, v in c.items()})
-            for c in meta["cases"]
-        ],
+        cases=[Case(**{**c, **{k: str(folder / c[k]) for k in CASE_FILES if c[k]}}) for c in meta["cases"]],
         protocol=meta["protocol"],
         annotated_fraction=meta["annotated_fraction"],
         facts=meta["facts"],
@@ -98,7 +96,7 @@ def _written(folder: Path) -> dict | None:
     if not summary.exists():
         return None
     meta = json.loads(summary.read_text())
-    files = [v for c in meta["cases"] for k, v in c.items() if k != "case_id" and v]
+    files = [c[k] for c in meta["cases"] for k in CASE_FILES if c[k]]
     return meta if all(not Path(f).is_absolute() and (folder / f).exists() for f in files) else None
 
 
