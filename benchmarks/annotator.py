@@ -158,14 +158,20 @@ def dense_rounds(data: Data, annotator: Annotator):
 
 
 def server_conf(data: Data, args, arm: str) -> dict[str, str]:
+    """The servers' `--conf`: the run's settings, then `--conf` from the command line, then what makes the arm."""
     conf = {
         "labels": json.dumps(data.dataset.labels, separators=(",", ":")),
-        "modalities": "ct" if arm == "ct_only" else "ct,mr",
-        "auto_train": "false" if arm == "no_retraining" else "true",
+        "modalities": "ct,mr",
         "auto_train_delay": f"{args.train_delay:g}",
         "auto_train_minutes": f"{args.train_minutes:g}",
     }
-    return conf | ({"max_steps": str(args.max_steps), "val_every": str(args.max_steps // 2)} if args.max_steps else {})
+    conf |= {"max_steps": str(args.max_steps), "val_every": str(args.max_steps // 2)} if args.max_steps else {}
+    conf |= dict(args.conf)
+    return (
+        conf
+        | {"auto_train": "false" if arm == "no_retraining" else "true"}
+        | ({"modalities": "ct"} if arm == "ct_only" else {})
+    )
 
 
 def server_rounds(arm: str, data: Data, args, work: Path, plan, model: Path):
@@ -283,9 +289,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-steps", type=int, help="max_steps of a training run (default: the server's)")
     parser.add_argument("--real-spacing", type=float, help="resample the real CT to this spacing in mm (native 3)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--conf",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="a server setting for every arm, as `monailabel start_server --conf` takes it (repeatable)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny phantoms, one correction round, a few steps")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of annotator.{md,json,png}")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="README with annotator markers")
+    parser.add_argument("--no-readme", action="store_true", help="leave the README as it is")
     parser.add_argument(
         "--strokes-out", type=Path, default=CACHE / "annotator", help="folder of every round's strokes, per data set"
     )
@@ -323,7 +338,7 @@ def main(argv=None) -> dict:
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
     (args.out / f"{stem}.md").write_text(markdown)
     plot_annotator(results, args.out / f"{stem}.png")
-    if not args.smoke:
+    if not (args.smoke or args.no_readme):
         image = f"![annotator]({os.path.relpath(args.out / f'{stem}.png', args.readme.parent)})"
         write_between_markers(args.readme, "annotator", f"{markdown}\n{image}")
     print(markdown)

@@ -2,16 +2,19 @@
 label, respect the round's budget, go out in 3D Slicer's segment convention, and scores leave out what an
 arm was given."""
 
+from types import SimpleNamespace
+
 import nibabel as nib
 import numpy as np
 from scipy.ndimage import label
 
-from benchmarks.annotator import Data, given_cases, scored
+from benchmarks.annotator import Data, given_cases, scored, server_conf
 from benchmarks.datasets import Case, Dataset
 from benchmarks.slicer import scribbles_request
 from benchmarks.strokes import Budget, dense_slices, error_strokes, first_strokes
 from lib.labels import LabelSet
 from lib.scribbles.slicer import strokes_from_segments
+from lib.settings import parse_conf
 
 LABELS = {"liver": 1, "spleen": 2}
 K = len(LABELS)
@@ -150,3 +153,18 @@ def test_scores_leave_out_the_voxels_given_to_the_arm_and_only_those(tmp_path):
     prediction[12:16, 12:16, :] = 2  # and wrong where it was not
     assert scored(data, cases, {"c": prediction})["cases"]["c"]["liver"] < 1.0
     assert scored(data, [case], {"c": truth})["mean"] == 1.0  # a never-scribbled case: every voxel scored
+
+
+def test_conf_from_the_command_line_reaches_every_arm_but_cannot_undo_what_makes_an_arm():
+    data = SimpleNamespace(dataset=SimpleNamespace(labels=LABELS))
+    given = [["loss", '{"branches": 1}'], ["modalities", "ct,mr"], ["auto_train", "false"], ["max_steps", "7"]]
+    args = SimpleNamespace(train_delay=3.0, train_minutes=1.5, max_steps=40, conf=given)
+    arms = {arm: server_conf(data, args, arm) for arm in ("loop", "ct_only", "no_retraining")}
+    assert {arm: (c["modalities"], c["auto_train"]) for arm, c in arms.items()} == {
+        "loop": ("ct,mr", "true"),
+        "ct_only": ("ct", "true"),
+        "no_retraining": ("ct,mr", "false"),
+    }
+    server, train = parse_conf(arms["loop"])  # what the server parses at start
+    assert train.loss.branches == 1.0 and train.max_steps == 7 and train.val_every == 20
+    assert server.modality_list == ["ct", "mr"] and server.auto_train_minutes == 1.5
