@@ -69,8 +69,12 @@ test: setup browser-deps oidc-deps viewer-deps
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-$(NNUNET_VENV)/.installed: benchmarks/requirements-nnunet.txt
+# the server venv's packages are visible to it (a .pth file; its own come first): pip finds torch, MONAI ...
+# at the pinned versions there and installs only what nnU-Net adds, instead of a second multi-GB torch
+$(NNUNET_VENV)/.installed: benchmarks/requirements-nnunet.txt $(VENV)/.installed
 	python3 -m venv $(NNUNET_VENV)
+	$(PY) -c "import site; print(site.getsitepackages()[0])" > \
+		"$$($(NNUNET_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/server_venv.pth"
 	$(NNUNET_VENV)/bin/pip install -r benchmarks/requirements-nnunet.txt
 	touch $@
 

@@ -111,13 +111,22 @@ def run_method(key: str, dataset: datasets.Dataset, args, device) -> dict | None
             print(f"{dataset.name}/{key}: skipped ({result})")
             return None
         predictions, row["facts"] = result
+        row.update(nnunet_columns(row["facts"]["facts"]))
         row["model_alone"] = score(dataset, lambda case: predictions[case.case_id])
+        # its prediction ran in nnU-Net's process: its time, not that of reading the answer
+        row["model_alone"]["seconds_per_case"] = row["facts"]["facts"]["seconds_predict"]
     else:
         if dataset.name == "phantom":  # its scored cases have no strokes: nothing to propagate from
             return None
         propagation = methods.PROPAGATIONS[key]
         row["served"] = score(dataset, lambda case: propagation(dataset, case, str(device)))
     return row
+
+
+def nnunet_columns(facts: dict) -> dict:
+    """The peer's `train (s)` (planning and preprocessing included, as ours include data preparation) and
+    `steps` (its iterations) from the facts benchmarks.nnunet_peer reports."""
+    return {"train_seconds": round(facts["seconds_preprocess"] + facts["seconds_train"]), "steps": facts["iterations"]}
 
 
 def merged(previous_file: Path, results: dict) -> dict:

@@ -100,3 +100,17 @@ def test_the_module_imports_without_nnunetv2():
         "assert not any(name.startswith('nnunetv2.') for name in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_the_planner_is_sized_for_the_cpu_unless_told_otherwise():
+    assert nnunet_peer.planner_memory_gb("cpu", None) == nnunet_peer.CPU_MEMORY_TARGET_GB
+    assert nnunet_peer.planner_memory_gb("cuda:0", None) is None  # nnU-Net's own default on a GPU
+    assert nnunet_peer.planner_memory_gb("cpu", 8.0) == 8.0
+    assert nnunet_peer.planner_memory_gb("cuda", 4.0) == 4.0
+
+
+def test_the_peer_autocasts_on_the_cpu_as_our_own_training_does():
+    from lib.precision import autocast_dtype
+
+    assert nnunet_peer.cpu_autocast_dtype("cpu") == autocast_dtype("cpu")  # bf16 where the CPU has it, else None
+    assert nnunet_peer.cpu_autocast_dtype("cuda") is None  # nnU-Net autocasts on CUDA itself
