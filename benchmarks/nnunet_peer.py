@@ -487,7 +487,7 @@ def train_and_predict(
             else None,
             "train_over_budget_s": round(max(0.0, (trainer.train_ended or trained) - deadline), 2),
             "mirroring": mirroring,
-            "autocast": str(cpu_autocast_dtype(device) or "nnU-Net's own (CUDA only)"),
+            "autocast": str(cpu_autocast_dtype(device) or "nnU-Net's own: none on a CPU, on CUDA its default"),
             "weights": "final",
             "gpu_memory_target_gb": gpu_memory_gb if gpu_memory_gb is not None else "nnU-Net default (8)",
             "plans": plans_identifier,
