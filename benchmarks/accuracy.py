@@ -103,6 +103,9 @@ def run_method(key: str, dataset: datasets.Dataset, args, device) -> dict | None
             for s in _spread(trained["snapshots"], args.curve_points)
         ]
         row["model_alone"] = score(dataset, _segmenter(trained["model"], dataset, device, False))
+        row["ct_alone"] = score(
+            dataset, lambda case: methods.segment_ct_alone(trained["model"], dataset, case, str(device))
+        )
         if dataset.name in datasets.SERVED_ON_STROKED_CASE:  # what /infer answers there: its strokes honoured
             row["served"] = score(dataset, _segmenter(trained["model"], dataset, device, True))
     elif key == "nnunet":
@@ -159,7 +162,7 @@ def _spread(snapshots: list[dict], count: int) -> list[dict]:
 
 def _one_line(row: dict) -> str:
     parts = [f"{row['dataset']}/{row['method']}:"]
-    for kind in ("served", "model_alone"):
+    for kind in ("served", "model_alone", "ct_alone"):
         if kind in row:
             parts.append(f"{kind} mean Dice {row[kind]['mean']:.3f}")
     if "train_seconds" in row:

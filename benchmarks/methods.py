@@ -22,6 +22,7 @@ scored through the product's own infer task; only the request differs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -132,6 +133,15 @@ def segment(model: str, dataset: Dataset, case: Case, device: str, use_strokes: 
     strokes = _strokes(case) if use_strokes else None
     _, data = task({"image": case.image, "device": device, "strokes": strokes, "skip_writer": True})
     return np.asarray(data["pred"]).astype(np.uint8)
+
+
+def segment_ct_alone(model: str, dataset: Dataset, case: Case, device: str) -> np.ndarray:
+    """:func:`segment` of the case's CT with its companions absent, as the server answers a case uploaded
+    without its MR: how much of what the model learned it can still give from the CT."""
+    with tempfile.TemporaryDirectory() as folder:  # the CT alone: no companion folder beside it
+        alone = Path(folder) / Path(case.image).name
+        shutil.copyfile(case.image, alone)
+        return segment(model, dataset, dataclasses.replace(case, image=str(alone)), device, use_strokes=False)
 
 
 def propagation(dataset: Dataset, case: Case, device: str, refine: bool = True) -> np.ndarray:

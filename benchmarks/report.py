@@ -37,7 +37,11 @@ def accuracy_markdown(results: dict) -> str:
             f"|---|---|{'---|' * len(classes)}---|---|---|---|---|",
         ]
         for row in (r for r in results["rows"] if r["dataset"] == name):
-            for kind, label in (("served", "served (strokes honoured)"), ("model_alone", "model alone")):
+            for kind, label in (
+                ("served", "served (strokes honoured)"),
+                ("model_alone", "model alone"),
+                ("ct_alone", "model alone, CT only (MR absent)"),
+            ):
                 if kind not in row:
                     continue
                 result = row[kind]

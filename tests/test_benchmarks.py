@@ -22,6 +22,9 @@ def test_accuracy_smoke_trains_through_the_train_task_and_scores_every_case(tmp_
     assert set(row["model_alone"]["cases"]) == {"test_0", "test_1", "test_2"}  # never-stroked phantoms
     for per_class in row["model_alone"]["cases"].values():
         assert per_class and all(0.0 <= v <= 1.0 for v in per_class.values())
+    # scored again with the MR absent: every case, and not the same answers (the MR was really left out)
+    assert set(row["ct_alone"]["cases"]) == set(row["model_alone"]["cases"])
+    assert row["ct_alone"]["cases"] != row["model_alone"]["cases"]
     assert row["curve"] and all(0.0 <= p["mean"] <= 1.0 for p in row["curve"])
     meta = results["datasets"]["phantom"]
     assert 0.001 < meta["annotated_fraction"] < 0.05
