@@ -13,9 +13,9 @@ from lib.labels import IGNORE
 from lib.losses.consistency import feature_alignment, prediction_consistency
 from lib.losses.local_affinity import local_affinity_loss
 from lib.losses.partial_ce import dense_loss, partial_cross_entropy
-from lib.losses.pseudo import branch_mixture, mixed_pseudo_labels, weighted_dice_ce
+from lib.losses.pseudo import mixed_pseudo_labels, weighted_dice_ce
 from lib.losses.rampup import sigmoid_rampup
-from lib.networks.cmfnet import CmFNetOutput
+from lib.networks.cmfnet import CmFNetOutput, data_on_grid, mixed_probabilities, usable_branches
 
 if TYPE_CHECKING:
     from lib.settings import LossWeights
@@ -36,7 +36,8 @@ class HybridLoss:
       by the propagation's confidence (lib.scribbles.propagation), 0 below ``weights.pseudo_min_confidence``
       (see LossWeights), mixed with the network's own prediction as r(step) * ``weights.self_training`` of
       the target (:func:`mixed_pseudo_labels`); that prediction mixes the fused and per-modality outputs
-      with a weight drawn anew at every step, as DMSPS mixes its branches (:func:`branch_mixture`).
+      with a weight drawn anew at every step, as DMSPS mixes its branches
+      (:func:`~lib.networks.cmfnet.mixed_probabilities`).
     - DiceCE: :func:`dense_loss` on densely labelled samples; a dense sample is in neither pCE nor wCE.
     - A_m: :func:`local_affinity_loss` of modality m's own prediction on its own image, at the
       per-modality outputs' resolution, where m has data.
@@ -100,9 +101,8 @@ class HybridLoss:
         scribbled = ~dense[:, None, None, None, None]
         if per_modality:
             low = per_modality[0].shape[2:]
-            # a low-resolution voxel has data when all the voxels it covers do
-            low_valid = F.interpolate(has_data.float(), size=low, mode="area") > 0.999
-            usable = [present[:, m, None, None, None, None] & low_valid[:, m : m + 1] for m in range(len(per_modality))]
+            low_valid = data_on_grid(has_data, low)
+            usable = usable_branches(present, low_valid)
             low_target = downsample_labels(target, low, num_classes)
 
         if w.pce > 0:
@@ -121,7 +121,9 @@ class HybridLoss:
             confidence = torch.where(confidence >= w.pseudo_min_confidence, confidence, 0.0)
             if w.self_training > 0:
                 alpha = float(torch.rand(()))  # DMSPS draws the mixing weight anew at every step
-                own = branch_mixture(output.fused, per_modality, usable if per_modality else [], alpha)
+                own = mixed_probabilities(
+                    output.fused.detach(), [p.detach() for p in per_modality], usable if per_modality else [], alpha
+                )
                 pseudo, confidence = mixed_pseudo_labels(own, pseudo, confidence, ramp * w.self_training)
             weight = torch.where(scribbled, confidence, 0.0)
             term = weighted_dice_ce(output.fused, pseudo, weight)

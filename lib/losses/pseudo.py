@@ -60,25 +60,3 @@ def mixed_pseudo_labels(own: Tensor, pseudo: Tensor, confidence: Tensor, model_s
     mixed = (1 - model_share) * walker + model_share * own.detach().float()
     weight, label = mixed.max(dim=1, keepdim=True)
     return label, torch.where(confidence > 0, weight, 0.0)
-
-
-def branch_mixture(fused: Tensor, per_modality: list[Tensor], usable: list[Tensor], alpha: float) -> Tensor:
-    """The network's own prediction as DMSPS mixes it: ``alpha * softmax(fused) + (1 - alpha) * p_branches``,
-    detached, on the fused grid.
-
-    ``p_branches`` is the mean softmax of the per-modality outputs (upsampled trilinearly from their
-    coarser grid) over the modalities ``usable`` there ((B, 1, ...) bool masks on that grid); the fused
-    softmax where none is. Without per-modality outputs (early fusion) it is the fused softmax.
-    """
-    fused = torch.softmax(fused.detach().float(), dim=1)
-    if not per_modality:
-        return fused
-    size = fused.shape[2:]
-    total = torch.zeros_like(fused)
-    count = fused.new_zeros((fused.shape[0], 1, *size))
-    for logits, ok in zip(per_modality, usable, strict=True):
-        weight = F.interpolate(ok.float(), size=size, mode="nearest")
-        total += weight * F.interpolate(torch.softmax(logits.detach().float(), dim=1), size=size, mode="trilinear")
-        count += weight
-    branches = torch.where(count > 0, total / count.clamp(min=1), fused)
-    return alpha * fused + (1 - alpha) * branches

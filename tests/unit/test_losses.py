@@ -10,9 +10,9 @@ from lib.losses.consistency import feature_alignment, prediction_consistency
 from lib.losses.hybrid import HybridLoss, downsample_labels
 from lib.losses.local_affinity import local_affinity_loss
 from lib.losses.partial_ce import dense_loss, partial_cross_entropy
-from lib.losses.pseudo import branch_mixture, mixed_pseudo_labels, weighted_cross_entropy, weighted_dice_ce
+from lib.losses.pseudo import mixed_pseudo_labels, weighted_cross_entropy, weighted_dice_ce
 from lib.losses.rampup import sigmoid_rampup
-from lib.networks.cmfnet import CmFNet, CmFNetOutput
+from lib.networks.cmfnet import CmFNet, CmFNetOutput, mixed_probabilities
 from lib.settings import LossWeights
 
 
@@ -398,22 +398,6 @@ def test_mixed_pseudo_labels_by_hand():
     assert unchanged[0] is pseudo and unchanged[1] is confidence
 
 
-def test_branch_mixture_by_hand():
-    # two classes on a 1 x 1 x 4 grid; the per-modality outputs come on a 1 x 1 x 2 grid (each voxel covers two)
-    fused = torch.log(torch.tensor([0.8, 0.2])).view(1, 2, 1, 1, 1).expand(1, 2, 1, 1, 4).clone()
-    ct = torch.log(torch.tensor([0.4, 0.6])).view(1, 2, 1, 1, 1).expand(1, 2, 1, 1, 2).clone()
-    mr = torch.log(torch.tensor([0.2, 0.8])).view(1, 2, 1, 1, 1).expand(1, 2, 1, 1, 2).clone()
-    both, ct_only = torch.ones(1, 1, 1, 1, 2, dtype=torch.bool), torch.tensor([True, False]).view(1, 1, 1, 1, 2)
-    mixed = branch_mixture(fused, [ct, mr], [both, ct_only], alpha=0.25)
-    # first half: 0.25 * 0.8 + 0.75 * (0.4 + 0.2) / 2 = 0.425 for class 0; second half: the CT branch alone,
-    # 0.25 * 0.8 + 0.75 * 0.4 = 0.5
-    assert mixed[0, 0, 0, 0].tolist() == pytest.approx([0.425, 0.425, 0.5, 0.5])
-    assert mixed.sum(dim=1).flatten().tolist() == pytest.approx([1.0] * 4)
-    nowhere = [torch.zeros(1, 1, 1, 1, 2, dtype=torch.bool)] * 2
-    assert torch.allclose(branch_mixture(fused, [ct, mr], nowhere, alpha=0.25), fused.softmax(1))
-    assert torch.allclose(branch_mixture(fused, [], [], alpha=0.25), fused.softmax(1))  # early fusion
-
-
 def test_self_training_mixes_the_networks_own_prediction_into_the_pseudo_labels_once_ramped_up():
     net, images, target = _batch()
     output = net.forward_all(images)
@@ -449,7 +433,7 @@ def test_self_training_targets_mix_the_per_modality_outputs_with_the_weight_draw
         label, weight = mixed_pseudo_labels(own, pseudo, confidence, 1.0)
         return weighted_dice_ce(output.fused, label, weight).item()
 
-    mixed = branch_mixture(output.fused, output.per_modality, usable, alpha)
+    mixed = mixed_probabilities(output.fused, output.per_modality, usable, alpha)
     assert terms["pseudo"] == pytest.approx(fused_term(mixed), rel=1e-5)
     assert terms["pseudo"] != pytest.approx(fused_term(output.fused.softmax(1)), rel=1e-3)  # the branches count
 

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 
-from lib.networks.cmfnet import CmFNet, ModalityFusion, random_modality_mask
+from lib.networks.cmfnet import SERVED_FUSED_SHARE, CmFNet, ModalityFusion, mixed_probabilities, random_modality_mask
 
 CHANNELS = (4, 8, 16, 32)  # three downsamplings: spatial sizes must be multiples of 8
 
@@ -25,7 +26,10 @@ def test_output_shapes(num_modalities):
     assert len(out.features) == num_modalities
     assert all(f.shape == (2, 32, 2, 2, 2) for f in out.features)  # bottom: 16 / 2^3
     assert out.present.shape == (2, num_modalities) and out.present.all()
-    assert torch.allclose(net(x), out.fused, atol=1e-6)
+    # served: the fused softmax mixed with the mean of the per-modality ones, brought up to the fused grid
+    branches = sum(F.interpolate(p.softmax(1), size=(16, 16, 16), mode="trilinear") for p in out.per_modality)
+    served = SERVED_FUSED_SHARE * out.fused.softmax(1) + (1 - SERVED_FUSED_SHARE) * branches / num_modalities
+    assert torch.allclose(net(x).exp(), served, atol=1e-5)
 
 
 def test_fused_output_ignores_an_absent_modality_and_follows_a_present_one():
@@ -162,3 +166,19 @@ def test_the_top_level_runs_channels_last_on_the_cpu_with_the_plain_layers_resul
     top(x)
     hook.remove()
     assert seen[0].is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_mixed_probabilities_by_hand():
+    # two classes on a 1 x 1 x 4 grid; the per-modality outputs come on a 1 x 1 x 2 grid (each voxel covers two)
+    fused = torch.log(torch.tensor([0.8, 0.2])).view(1, 2, 1, 1, 1).expand(1, 2, 1, 1, 4).clone()
+    ct = torch.log(torch.tensor([0.4, 0.6])).view(1, 2, 1, 1, 1).expand(1, 2, 1, 1, 2).clone()
+    mr = torch.log(torch.tensor([0.2, 0.8])).view(1, 2, 1, 1, 1).expand(1, 2, 1, 1, 2).clone()
+    both, ct_only = torch.ones(1, 1, 1, 1, 2, dtype=torch.bool), torch.tensor([True, False]).view(1, 1, 1, 1, 2)
+    mixed = mixed_probabilities(fused, [ct, mr], [both, ct_only], 0.25)
+    # first half: 0.25 * 0.8 + 0.75 * (0.4 + 0.2) / 2 = 0.425 for class 0; second half: the CT branch alone,
+    # 0.25 * 0.8 + 0.75 * 0.4 = 0.5
+    assert mixed[0, 0, 0, 0].tolist() == pytest.approx([0.425, 0.425, 0.5, 0.5])
+    assert mixed.sum(dim=1).flatten().tolist() == pytest.approx([1.0] * 4)
+    nowhere = [torch.zeros(1, 1, 1, 1, 2, dtype=torch.bool)] * 2
+    assert torch.allclose(mixed_probabilities(fused, [ct, mr], nowhere, 0.25), fused.softmax(1))
+    assert torch.allclose(mixed_probabilities(fused, [], [], 0.25), fused.softmax(1))  # early fusion
